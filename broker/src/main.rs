@@ -1,1 +1,90 @@
-fn main() {}
+//! The `hmq` binary: parse the command line, load the configuration, set up logging, run the
+//! broker until SIGTERM or SIGINT.
+
+use std::process::ExitCode;
+
+use anyhow::Context;
+use hmq::cli::{self, Command};
+use hmq::config::Config;
+use hmq::server::Server;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+use tracing_subscriber::EnvFilter;
+
+fn main() -> ExitCode {
+    let command = match cli::parse_args(std::env::args().skip(1)) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("hmq: {e}\n\n{}", cli::usage());
+            return ExitCode::from(2);
+        }
+    };
+    let options = match command {
+        Command::Help => {
+            println!("{}", cli::usage());
+            return ExitCode::SUCCESS;
+        }
+        Command::Run(o) => o,
+    };
+    let config = match options.load() {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("hmq: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    if options.print_config {
+        println!("{}", config.to_json_pretty());
+        return ExitCode::SUCCESS;
+    }
+    init_tracing(&config);
+    for notice in config.notices() {
+        warn!("{notice}");
+    }
+    match run(config) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("{e:#}");
+            eprintln!("hmq: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Log level: `RUST_LOG` if set, else debug with `-d`/`-D`/`"debug": true`, else info.
+fn init_tracing(config: &Config) {
+    let default = if config.debug { "debug" } else { "info" };
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
+    tracing_subscriber::fmt().with_env_filter(filter).with_target(false).init();
+}
+
+fn run(config: Config) -> anyhow::Result<()> {
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    builder.enable_all();
+    if config.worker_threads > 0 {
+        builder.worker_threads(config.worker_threads);
+    }
+    let runtime = builder.build().context("cannot start the async runtime")?;
+    runtime.block_on(async {
+        let server = Server::bind(&config).await?;
+        let shutdown = CancellationToken::new();
+        tokio::spawn(watch_signals(shutdown.clone()));
+        info!(version = env!("CARGO_PKG_VERSION"), "hmq starting");
+        server.run(shutdown).await?;
+        Ok(())
+    })
+}
+
+/// Cancels `shutdown` on SIGTERM or SIGINT.
+async fn watch_signals(shutdown: CancellationToken) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+        warn!("cannot install signal handlers; stop the broker with SIGKILL");
+        return;
+    };
+    tokio::select! {
+        _ = term.recv() => info!("SIGTERM received"),
+        _ = int.recv() => info!("SIGINT received"),
+    }
+    shutdown.cancel();
+}

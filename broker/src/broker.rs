@@ -1,0 +1,200 @@
+//! The state every connection shares: settings, the router, the retained store, the session
+//! registry and the metrics, plus the operations that touch more than one of them (publish a
+//! message, subscribe with retained delivery, forget a discarded session).
+
+use bytes::Bytes;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use crate::codec::QoS;
+use crate::config::Config;
+use crate::message::{Delivery, Message};
+use crate::metrics::Metrics;
+use crate::router::Router;
+use crate::router::retained::{Retained, RetainedStore};
+use crate::session::registry::{Discarded, Registry};
+use crate::session::store::MemoryStore;
+use crate::session::{Enqueued, QueuePolicy, Session};
+use crate::topic::{Subscription, TopicLimits, parse_subscription};
+
+/// Number of shards of the subscription trie and of the retained store.
+const SHARDS: usize = 64;
+
+/// The configuration in the form the connection code reads on every packet.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// Time a new connection has to send CONNECT.
+    pub connect_timeout: Duration,
+    /// Largest packet accepted, in bytes.
+    pub max_packet_size: usize,
+    /// Outbound QoS 1/2 window per client.
+    pub max_inflight: usize,
+    /// Queue bounds.
+    pub queue: QueuePolicy,
+    /// Inbound QoS 2 messages awaiting PUBREL per client.
+    pub max_awaiting_rel: usize,
+    /// Topic length and depth limits.
+    pub topics: TopicLimits,
+    /// Subscriptions per client (0 = unlimited).
+    pub max_subscriptions: usize,
+    /// How long an offline persistent session is kept (`None` = forever).
+    pub session_expiry: Option<Duration>,
+    /// How long a takeover waits for the previous connection to let go.
+    pub takeover_wait: Duration,
+}
+
+impl Settings {
+    /// Derives the settings from a validated configuration.
+    pub fn from_config(c: &Config) -> Settings {
+        Settings {
+            connect_timeout: Duration::from_secs(c.connect_timeout),
+            max_packet_size: c.max_packet_size as usize,
+            max_inflight: c.max_inflight as usize,
+            queue: QueuePolicy {
+                max_queued: c.max_queued_messages,
+                qos0_offline: c.queue_qos0_offline,
+            },
+            max_awaiting_rel: c.max_awaiting_rel,
+            topics: TopicLimits {
+                max_length: c.max_topic_length,
+                max_levels: c.max_topic_levels,
+            },
+            max_subscriptions: c.max_subscriptions_per_client,
+            session_expiry: (c.session_expiry > 0).then(|| Duration::from_secs(c.session_expiry)),
+            takeover_wait: Duration::from_secs(10),
+        }
+    }
+}
+
+/// Shared broker state. See the module documentation.
+#[derive(Debug)]
+pub struct Broker {
+    /// Settings from the configuration.
+    pub settings: Settings,
+    /// Subscriptions.
+    pub router: Router,
+    /// Retained messages.
+    pub retained: RetainedStore,
+    /// Sessions by client id.
+    pub sessions: Registry,
+    /// Metrics.
+    pub metrics: Metrics,
+    next_conn_id: AtomicU64,
+    next_auto_id: AtomicU64,
+    /// Distinguishes assigned client ids of this process from a previous one's.
+    boot: u64,
+}
+
+impl Broker {
+    /// A broker with empty state.
+    pub fn new(config: &Config) -> Broker {
+        let boot = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos() as u64)
+            .unwrap_or_default();
+        Broker {
+            settings: Settings::from_config(config),
+            router: Router::new(SHARDS),
+            retained: RetainedStore::new(SHARDS, config.max_retained_messages),
+            sessions: Registry::new(Box::new(MemoryStore::default()), config.max_sessions),
+            metrics: Metrics::new(),
+            next_conn_id: AtomicU64::new(1),
+            next_auto_id: AtomicU64::new(1),
+            boot,
+        }
+    }
+
+    /// A process-unique connection id.
+    pub fn next_conn_id(&self) -> u64 {
+        self.next_conn_id.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// A unique client id for a client that sent an empty one (clean session only).
+    pub fn assign_client_id(&self) -> String {
+        let n = self.next_auto_id.fetch_add(1, Ordering::Relaxed);
+        format!("auto-{:x}-{n:x}", self.boot & 0xFFFF_FFFF)
+    }
+
+    /// Routes a message to every matching session and stores it if retained. Returns the number
+    /// of sessions it was offered to.
+    pub fn publish(&self, msg: &Arc<Message>) -> usize {
+        if msg.retain {
+            self.store_retained(msg);
+        }
+        let policy = self.settings.queue;
+        let dropped = &self.metrics.dropped;
+        let n = self.router.route(&msg.topic, |session, granted| {
+            let d = Delivery {
+                msg: msg.clone(),
+                qos: msg.qos.min(granted),
+                retain: false,
+            };
+            match session.deliver(d, policy) {
+                Enqueued::Queued => {}
+                Enqueued::QueuedEvictedQos0 | Enqueued::DroppedQueueFull => dropped.queue_full.inc(),
+                Enqueued::DroppedOffline => dropped.offline_qos0.inc(),
+            }
+        });
+        if n == 0 {
+            dropped.no_subscriber.inc();
+        }
+        n
+    }
+
+    fn store_retained(&self, msg: &Arc<Message>) {
+        // The retained copy owns exactly its payload bytes: a shared slice would keep the whole
+        // read buffer it came from alive for as long as the message stays retained.
+        let stored = Arc::new(Message {
+            payload: Bytes::copy_from_slice(&msg.payload),
+            ..Message::clone(msg)
+        });
+        if self.retained.set(&stored) == Retained::Full {
+            self.metrics.retained_refused.inc();
+        }
+    }
+
+    /// Adds a subscription and queues the matching retained messages (RETAIN=1, at
+    /// min(retained QoS, granted QoS)) for the subscriber. Shared subscriptions get no retained
+    /// messages.
+    pub fn subscribe(&self, session: &Arc<Session>, sub: &Subscription<'_>, qos: QoS) {
+        self.router.subscribe(session, sub, qos);
+        if sub.group.is_some() {
+            return;
+        }
+        let mut found = Vec::new();
+        self.retained.matching(sub.filter, &mut found);
+        for msg in found {
+            let d = Delivery {
+                qos: msg.qos.min(qos),
+                msg,
+                retain: true,
+            };
+            if session.deliver(d, self.settings.queue) != Enqueued::Queued {
+                self.metrics.dropped.queue_full.inc();
+            }
+        }
+    }
+
+    /// Removes every subscription of a session that no longer exists.
+    pub fn forget(&self, discarded: Discarded) {
+        for filter in discarded.subscriptions.keys() {
+            if let Ok(sub) = parse_subscription(filter, &self.settings.topics) {
+                self.router.unsubscribe(discarded.session.id(), &sub);
+            }
+        }
+    }
+
+    /// Discards offline sessions past their expiry. Returns how many.
+    pub fn expire_sessions(&self) -> usize {
+        let Some(after) = self.settings.session_expiry else {
+            return 0;
+        };
+        let gone = self.sessions.expire(std::time::Instant::now(), after);
+        let n = gone.len();
+        for d in gone {
+            self.forget(d);
+        }
+        n
+    }
+}

@@ -1,0 +1,580 @@
+//! One client connection, in one task: CONNECT handshake, then a loop that reads and handles
+//! packets, drains the session's inbox into the write queue and writes, watches the keepalive,
+//! and reacts to takeover and shutdown; finally the will and the release of the session.
+//!
+//! The task owns the session's core (in-flight window, inbound QoS 2 ids, subscriptions) while the
+//! client is connected, so none of that is locked per packet. It never blocks on another client:
+//! publishing is a push onto each subscriber's bounded inbox.
+
+mod handshake;
+pub mod outbound;
+
+use bytes::BytesMut;
+use std::fmt;
+use std::net::SocketAddr;
+use std::pin::pin;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+use crate::broker::Broker;
+use crate::codec::{self, Ack, Packet, Publish, QoS, Will};
+use crate::message::{Delivery, Message};
+use crate::session::{Awaiting, KickReason, Owner, Session, SessionCore};
+use crate::topic::{Shown, parse_subscription, validate_name};
+use handshake::First;
+use outbound::WriteQueue;
+
+/// Which listener a connection came in on (a metrics label).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ListenerKind {
+    /// Plain TCP.
+    Tcp,
+    /// TLS.
+    Tls,
+    /// WebSocket.
+    Ws,
+    /// WebSocket over TLS.
+    Wss,
+}
+
+impl ListenerKind {
+    /// The label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ListenerKind::Tcp => "tcp",
+            ListenerKind::Tls => "tls",
+            ListenerKind::Ws => "ws",
+            ListenerKind::Wss => "wss",
+        }
+    }
+}
+
+/// Why a connection ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Close {
+    /// The client sent DISCONNECT.
+    ClientDisconnect,
+    /// The client closed the socket without DISCONNECT.
+    PeerClosed,
+    /// Reading or writing failed.
+    Network(String),
+    /// No packet within 1.5 × keepalive.
+    KeepaliveTimeout,
+    /// No CONNECT within the connect timeout.
+    ConnectTimeout,
+    /// The client broke the protocol (malformed packet, wrong packet, bad topic).
+    Protocol(String),
+    /// The client exceeded a configured limit.
+    Limit(String),
+    /// CONNECT refused with a CONNACK return code.
+    Refused(String),
+    /// Another connection took the session over.
+    Takeover,
+    /// The broker is shutting down.
+    Shutdown,
+}
+
+impl Close {
+    /// Whether the will message is published: on every close but DISCONNECT [MQTT-3.1.2-8] and a
+    /// broker shutdown (a drained client is not a crashed client).
+    fn publishes_will(&self) -> bool {
+        !matches!(self, Close::ClientDisconnect | Close::Shutdown)
+    }
+
+    /// The metrics label.
+    fn label(&self) -> &'static str {
+        match self {
+            Close::ClientDisconnect => "client_disconnect",
+            Close::PeerClosed => "peer_closed",
+            Close::Network(_) => "network_error",
+            Close::KeepaliveTimeout => "keepalive_timeout",
+            Close::ConnectTimeout => "connect_timeout",
+            Close::Protocol(_) => "protocol_error",
+            Close::Limit(_) => "limit_exceeded",
+            Close::Refused(_) => "refused",
+            Close::Takeover => "takeover",
+            Close::Shutdown => "shutdown",
+        }
+    }
+}
+
+impl fmt::Display for Close {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Close::ClientDisconnect => f.write_str("client sent DISCONNECT"),
+            Close::PeerClosed => f.write_str("connection closed by client"),
+            Close::Network(e) => write!(f, "network error: {e}"),
+            Close::KeepaliveTimeout => f.write_str("keepalive timeout"),
+            Close::ConnectTimeout => f.write_str("no CONNECT within the connect timeout"),
+            Close::Protocol(e) => write!(f, "protocol error: {e}"),
+            Close::Limit(e) => write!(f, "limit exceeded: {e}"),
+            Close::Refused(e) => write!(f, "refused: {e}"),
+            Close::Takeover => f.write_str("session taken over by a new connection"),
+            Close::Shutdown => f.write_str("broker shutting down"),
+        }
+    }
+}
+
+/// Bytes queued for the socket above which the inbox is left alone until writes catch up: the
+/// backlog stays in the bounded inbox, where overflow is counted, not in an unbounded buffer.
+const HIGH_WATER: usize = 64 * 1024;
+
+/// Most deliveries taken from the inbox under one lock.
+const BATCH: usize = 128;
+
+/// Read buffer growth step; packets larger than this grow it as needed (up to the packet limit).
+const READ_CHUNK: usize = 4096;
+
+/// Time allowed for the last writes (CONNACK refusal, pending acks) when a connection closes.
+const FINAL_FLUSH: Duration = Duration::from_secs(2);
+
+/// Serves one client connection until it ends. `reader` and `writer` are the two halves of the
+/// transport (TCP now; TLS and WebSocket later).
+pub async fn serve<R, W>(
+    mut reader: R,
+    mut writer: W,
+    peer: SocketAddr,
+    listener: ListenerKind,
+    broker: Arc<Broker>,
+    shutdown: CancellationToken,
+) where
+    R: AsyncRead + Unpin + Send,
+    W: AsyncWrite + Unpin + Send,
+{
+    let mut rbuf = BytesMut::new();
+    let mut wq = WriteQueue::default();
+    let first = tokio::select! {
+        r = tokio::time::timeout(
+            broker.settings.connect_timeout,
+            handshake::read_first(&mut reader, &mut rbuf, &broker),
+        ) => r.unwrap_or(Err(Close::ConnectTimeout)),
+        _ = shutdown.cancelled() => Err(Close::Shutdown),
+    };
+    let connect = match first {
+        Ok(First::Connect(c)) => *c,
+        Ok(First::UnsupportedProtocol(level)) => {
+            let why = handshake::refuse_protocol(&broker, &mut wq, level);
+            return end_before_session(&broker, &mut writer, &mut wq, peer, listener, why).await;
+        }
+        Err(why) => return end_before_session(&broker, &mut writer, &mut wq, peer, listener, why).await,
+    };
+
+    let owner = Owner::new(broker.next_conn_id());
+    let accepted = match handshake::accept(connect, &broker, owner.clone(), &mut wq).await {
+        Ok(a) => a,
+        Err(why) => return end_before_session(&broker, &mut writer, &mut wq, peer, listener, why).await,
+    };
+    let mut connect = accepted.connect;
+    let present = accepted.opened.present;
+    info!(
+        client_id = %accepted.client_id,
+        %peer,
+        listener = listener.as_str(),
+        protocol = ?connect.protocol,
+        clean_session = connect.clean_session,
+        keep_alive = connect.keep_alive,
+        session_present = present,
+        "client connected"
+    );
+    let gauge = broker.metrics.connections_current.with_label_values(&[listener.as_str()]);
+    gauge.inc();
+
+    let mut conn = Connection {
+        broker: broker.clone(),
+        client_id: accepted.client_id,
+        session: accepted.opened.session,
+        core: accepted.opened.core,
+        will: connect.will.take(),
+        wq,
+        batch: Vec::new(),
+    };
+    conn.resend_inflight();
+    conn.pump();
+
+    let keep_alive = (connect.keep_alive > 0)
+        .then(|| Duration::from_millis(u64::from(connect.keep_alive) * 1500));
+    let why = conn
+        .run(&mut reader, &mut writer, &mut rbuf, keep_alive, &owner, &shutdown)
+        .await;
+
+    conn.finish(&mut writer, &owner, &why).await;
+    gauge.dec();
+    broker.metrics.disconnects.with_label_values(&[why.label()]).inc();
+    log_close(&conn.client_id, peer, listener, &why);
+}
+
+fn log_close(client_id: &str, peer: SocketAddr, listener: ListenerKind, why: &Close) {
+    let listener = listener.as_str();
+    match why {
+        Close::Protocol(_) | Close::Limit(_) => {
+            warn!(client_id, %peer, listener, reason = %why, "client disconnected");
+        }
+        _ => info!(client_id, %peer, listener, reason = %why, "client disconnected"),
+    }
+}
+
+/// Ends a connection that never got a session: flush a refusal CONNACK if one is queued, log,
+/// count.
+async fn end_before_session<W: AsyncWrite + Unpin>(
+    broker: &Broker,
+    writer: &mut W,
+    wq: &mut WriteQueue,
+    peer: SocketAddr,
+    listener: ListenerKind,
+    why: Close,
+) {
+    if !wq.is_empty() {
+        let _ = tokio::time::timeout(FINAL_FLUSH, wq.flush_all(writer)).await;
+    }
+    match &why {
+        Close::Refused(_) => {}
+        Close::ConnectTimeout => {
+            broker.metrics.connects_refused.with_label_values(&["connect_timeout"]).inc();
+        }
+        _ => {
+            broker.metrics.connects_refused.with_label_values(&["bad_connect"]).inc();
+        }
+    }
+    match &why {
+        Close::Protocol(_) | Close::ConnectTimeout => {
+            warn!(%peer, listener = listener.as_str(), reason = %why, "connection closed before CONNECT completed");
+        }
+        _ => info!(%peer, listener = listener.as_str(), reason = %why, "connection closed before CONNECT completed"),
+    }
+}
+
+/// A connected client: everything the packet loop needs.
+struct Connection {
+    broker: Arc<Broker>,
+    client_id: Arc<str>,
+    session: Arc<Session>,
+    core: SessionCore,
+    will: Option<Will>,
+    wq: WriteQueue,
+    /// Reused buffer for deliveries taken from the inbox.
+    batch: Vec<Delivery>,
+}
+
+impl Connection {
+    async fn run<R, W>(
+        &mut self,
+        reader: &mut R,
+        writer: &mut W,
+        rbuf: &mut BytesMut,
+        keep_alive: Option<Duration>,
+        owner: &Owner,
+        shutdown: &CancellationToken,
+    ) -> Close
+    where
+        R: AsyncRead + Unpin + Send,
+        W: AsyncWrite + Unpin + Send,
+    {
+        let session = self.session.clone();
+        let mut notified = pin!(session.notify().notified());
+        let mut last_read = Instant::now();
+        let far = Duration::from_secs(86_400 * 365);
+        let mut keepalive_timer = pin!(tokio::time::sleep(keep_alive.unwrap_or(far)));
+        loop {
+            if rbuf.capacity() - rbuf.len() < 256 {
+                rbuf.reserve(READ_CHUNK);
+            }
+            tokio::select! {
+                biased;
+                _ = owner.kick.cancelled() => {
+                    return match *owner.kick_reason.lock() {
+                        Some(KickReason::Shutdown) => Close::Shutdown,
+                        _ => Close::Takeover,
+                    };
+                }
+                _ = shutdown.cancelled() => return Close::Shutdown,
+                r = self.wq.write_to(writer), if !self.wq.is_empty() => match r {
+                    Ok(n) => {
+                        self.broker.metrics.bytes_out.inc_by(n as u64);
+                        if self.wq.len() < HIGH_WATER / 2 {
+                            self.pump();
+                        }
+                    }
+                    Err(e) => return Close::Network(e.to_string()),
+                },
+                _ = &mut notified => {
+                    notified.set(session.notify().notified());
+                    self.pump();
+                }
+                r = reader.read_buf(rbuf) => {
+                    match r {
+                        Ok(0) => return Close::PeerClosed,
+                        Ok(n) => {
+                            self.broker.metrics.bytes_in.inc_by(n as u64);
+                            last_read = Instant::now();
+                        }
+                        Err(e) => return Close::Network(e.to_string()),
+                    }
+                    loop {
+                        match codec::decode(rbuf, self.broker.settings.max_packet_size) {
+                            Ok(Some(packet)) => {
+                                if let Err(why) = self.handle(packet) {
+                                    return why;
+                                }
+                            }
+                            Ok(None) => break,
+                            Err(e) => return Close::Protocol(e.to_string()),
+                        }
+                    }
+                    self.pump();
+                }
+                _ = &mut keepalive_timer, if keep_alive.is_some() => {
+                    let limit = keep_alive.unwrap_or(far);
+                    if last_read.elapsed() >= limit {
+                        return Close::KeepaliveTimeout;
+                    }
+                    keepalive_timer.as_mut().reset(last_read + limit);
+                }
+            }
+        }
+    }
+
+    /// Handles one packet from the client.
+    fn handle(&mut self, packet: Packet) -> Result<(), Close> {
+        match packet {
+            Packet::Publish(p) => self.on_publish(p),
+            Packet::PubAck(pkid) => {
+                if !self.core.outbound.puback(pkid) {
+                    debug!(client_id = %self.client_id, pkid, "PUBACK for unknown packet id");
+                }
+                Ok(())
+            }
+            Packet::PubRec(pkid) => {
+                if !self.core.outbound.pubrec(pkid) {
+                    debug!(client_id = %self.client_id, pkid, "PUBREC for unknown packet id");
+                }
+                codec::encode_ack(self.wq.buf(), Ack::PubRel, pkid);
+                Ok(())
+            }
+            Packet::PubComp(pkid) => {
+                if !self.core.outbound.pubcomp(pkid) {
+                    debug!(client_id = %self.client_id, pkid, "PUBCOMP for unknown packet id");
+                }
+                Ok(())
+            }
+            Packet::PubRel(pkid) => {
+                self.core.awaiting_rel.remove(&pkid);
+                codec::encode_ack(self.wq.buf(), Ack::PubComp, pkid);
+                Ok(())
+            }
+            Packet::Subscribe { pkid, filters } => self.on_subscribe(pkid, filters),
+            Packet::Unsubscribe { pkid, filters } => {
+                for raw in filters {
+                    if self.core.subscriptions.remove(&raw).is_some() {
+                        if let Ok(sub) = parse_subscription(&raw, &self.broker.settings.topics) {
+                            self.broker.router.unsubscribe(self.session.id(), &sub);
+                        }
+                    }
+                }
+                codec::encode_ack(self.wq.buf(), Ack::UnsubAck, pkid);
+                Ok(())
+            }
+            Packet::PingReq => {
+                codec::encode_pingresp(self.wq.buf());
+                Ok(())
+            }
+            Packet::Disconnect => {
+                // [MQTT-3.14.4-3]: the will is discarded.
+                self.will = None;
+                Err(Close::ClientDisconnect)
+            }
+            Packet::Connect(_) => Err(Close::Protocol("second CONNECT".into())), // [MQTT-3.1.0-2]
+            other => Err(Close::Protocol(format!("{} is a server-to-client packet", other.name()))),
+        }
+    }
+
+    fn on_publish(&mut self, p: Publish) -> Result<(), Close> {
+        validate_name(&p.topic, &self.broker.settings.topics)
+            .map_err(|e| Close::Protocol(format!("PUBLISH to {:?}: {e}", Shown(&p.topic))))?;
+        let metrics = &self.broker.metrics;
+        metrics.received[p.qos as usize].inc();
+        let route = |broker: &Broker, p: Publish| {
+            if is_sys_topic(&p.topic) {
+                broker.metrics.dropped.sys_topic.inc();
+                debug!(topic = %Shown(&p.topic), "client PUBLISH to $SYS dropped");
+                return;
+            }
+            broker.publish(&Message::new(p.topic, p.payload, p.qos, p.retain));
+        };
+        match p.qos {
+            QoS::AtMostOnce => route(&self.broker, p),
+            QoS::AtLeastOnce => {
+                let pkid = p.pkid;
+                route(&self.broker, p);
+                codec::encode_ack(self.wq.buf(), Ack::PubAck, pkid);
+            }
+            QoS::ExactlyOnce => {
+                let pkid = p.pkid;
+                if !self.core.awaiting_rel.contains(&pkid) {
+                    if self.core.awaiting_rel.len() >= self.broker.settings.max_awaiting_rel {
+                        return Err(Close::Limit(format!(
+                            "more than {} QoS 2 messages awaiting PUBREL",
+                            self.broker.settings.max_awaiting_rel
+                        )));
+                    }
+                    self.core.awaiting_rel.insert(pkid);
+                    route(&self.broker, p);
+                }
+                // A retransmission of a message already received is acknowledged again, not
+                // routed again: exactly once.
+                codec::encode_ack(self.wq.buf(), Ack::PubRec, pkid);
+            }
+        }
+        Ok(())
+    }
+
+    fn on_subscribe(&mut self, pkid: u16, filters: Vec<(String, QoS)>) -> Result<(), Close> {
+        let settings = &self.broker.settings;
+        let mut codes = Vec::with_capacity(filters.len());
+        let mut granted = Vec::with_capacity(filters.len());
+        for (raw, qos) in filters {
+            if let Err(e) = parse_subscription(&raw, &settings.topics) {
+                debug!(client_id = %self.client_id, filter = %Shown(&raw), error = %e, "subscription refused");
+                codes.push(0x80);
+                continue;
+            }
+            let known = self.core.subscriptions.contains_key(&raw);
+            if !known
+                && settings.max_subscriptions > 0
+                && self.core.subscriptions.len() >= settings.max_subscriptions
+            {
+                debug!(client_id = %self.client_id, filter = %Shown(&raw), "subscription limit reached");
+                codes.push(0x80);
+                continue;
+            }
+            codes.push(qos as u8);
+            self.core.subscriptions.insert(raw.clone(), qos);
+            granted.push((raw, qos));
+        }
+        codec::encode_suback(self.wq.buf(), pkid, &codes);
+        for (raw, qos) in granted {
+            if let Ok(sub) = parse_subscription(&raw, &settings.topics) {
+                self.broker.subscribe(&self.session, &sub, qos);
+            }
+        }
+        Ok(())
+    }
+
+    /// Moves deliveries from the inbox to the write queue while the in-flight window and the
+    /// write queue have room.
+    fn pump(&mut self) {
+        let max_inflight = self.broker.settings.max_inflight;
+        loop {
+            let mut budget = HIGH_WATER.saturating_sub(self.wq.len());
+            let mut inflight = self.core.outbound.len();
+            {
+                let mut inbox = self.session.inbox();
+                while self.batch.len() < BATCH && budget > 0 {
+                    let Some(front) = inbox.front() else { break };
+                    if front.qos != QoS::AtMostOnce {
+                        if inflight >= max_inflight {
+                            break;
+                        }
+                        inflight += 1;
+                    }
+                    budget = budget.saturating_sub(codec::publish_size(
+                        &front.msg.topic,
+                        front.qos,
+                        front.msg.payload.len(),
+                    ));
+                    if let Some(d) = inbox.pop() {
+                        self.batch.push(d);
+                    }
+                }
+            }
+            if self.batch.is_empty() {
+                return;
+            }
+            let full = self.batch.len() == BATCH;
+            let mut batch = std::mem::take(&mut self.batch);
+            for d in batch.drain(..) {
+                self.send(d);
+            }
+            self.batch = batch;
+            if !full {
+                return;
+            }
+        }
+    }
+
+    /// Encodes one delivery, registering QoS 1/2 in the window.
+    fn send(&mut self, d: Delivery) {
+        let pkid = match d.qos {
+            QoS::AtMostOnce => 0,
+            _ => match self.core.outbound.start(d.clone()) {
+                Some(id) => id,
+                None => return, // unreachable with a window below 65,535
+            },
+        };
+        self.broker.metrics.sent[d.qos as usize].inc();
+        let msg = &d.msg;
+        codec::encode_publish_header(
+            self.wq.buf(),
+            &msg.topic,
+            d.qos,
+            pkid,
+            false,
+            d.retain,
+            msg.payload.len(),
+        );
+        self.wq.put_payload(&msg.payload);
+    }
+
+    /// On a resumed session, resends what was in flight, in the original order, with DUP set
+    /// (PUBREL for messages already past PUBREC) [MQTT-4.4.0-1].
+    fn resend_inflight(&mut self) {
+        for (pkid, f) in self.core.outbound.in_order() {
+            if f.awaiting == Awaiting::PubComp {
+                codec::encode_ack(self.wq.buf(), Ack::PubRel, pkid);
+                continue;
+            }
+            let d = &f.delivery;
+            codec::encode_publish_header(
+                self.wq.buf(),
+                &d.msg.topic,
+                d.qos,
+                pkid,
+                true,
+                d.retain,
+                d.msg.payload.len(),
+            );
+            self.wq.put_payload(&d.msg.payload);
+            self.broker.metrics.sent[d.qos as usize].inc();
+        }
+    }
+
+    /// Flushes what can be flushed, publishes the will if this close calls for it, and gives the
+    /// session back.
+    async fn finish<W: AsyncWrite + Unpin>(&mut self, writer: &mut W, owner: &Owner, why: &Close) {
+        if !matches!(why, Close::Network(_) | Close::PeerClosed) && !self.wq.is_empty() {
+            let _ = tokio::time::timeout(FINAL_FLUSH, self.wq.flush_all(writer)).await;
+        }
+        if why.publishes_will() {
+            if let Some(w) = self.will.take() {
+                debug!(client_id = %self.client_id, topic = %Shown(&w.topic), "publishing will");
+                if is_sys_topic(&w.topic) {
+                    self.broker.metrics.dropped.sys_topic.inc();
+                } else {
+                    self.broker.publish(&Message::new(w.topic, w.payload, w.qos, w.retain));
+                }
+            }
+        }
+        let core = std::mem::take(&mut self.core);
+        if let Some(discarded) = self.broker.sessions.release(&self.session, core, owner) {
+            self.broker.forget(discarded);
+        }
+    }
+}
+
+/// `$SYS` topics belong to the broker: clients cannot publish there.
+fn is_sys_topic(topic: &str) -> bool {
+    topic == "$SYS" || topic.starts_with("$SYS/")
+}

@@ -1,0 +1,49 @@
+//! The unit of routing: one application message, shared by every subscriber it goes to.
+
+use bytes::Bytes;
+use std::sync::Arc;
+use std::time::Instant;
+
+use crate::codec::QoS;
+
+/// An application message as published. Immutable once built and shared through `Arc` by every
+/// queue, in-flight slot and retained slot that holds it: a fan-out to N subscribers costs N
+/// reference counts, not N copies.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Message {
+    /// Topic name (validated).
+    pub topic: String,
+    /// Payload; large payloads share the bytes read from the publisher's socket.
+    pub payload: Bytes,
+    /// QoS the publisher sent it with.
+    pub qos: QoS,
+    /// RETAIN flag as published.
+    pub retain: bool,
+    /// When the broker read it (for latency metrics).
+    pub received_at: Instant,
+}
+
+impl Message {
+    /// Builds a message received now.
+    pub fn new(topic: String, payload: Bytes, qos: QoS, retain: bool) -> Arc<Message> {
+        Arc::new(Message {
+            topic,
+            payload,
+            qos,
+            retain,
+            received_at: Instant::now(),
+        })
+    }
+}
+
+/// One message on its way to one subscriber.
+#[derive(Debug, Clone)]
+pub struct Delivery {
+    /// The shared message.
+    pub msg: Arc<Message>,
+    /// QoS for this subscriber: min(published QoS, granted QoS).
+    pub qos: QoS,
+    /// RETAIN flag on the wire: set only for retained messages sent because of a new
+    /// subscription [MQTT-3.3.1-8/9].
+    pub retain: bool,
+}

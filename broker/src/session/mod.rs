@@ -1,0 +1,495 @@
+//! Sessions: what the broker keeps for a client id, online or offline.
+//!
+//! A [`Session`] is shared (`Arc`) between the router (subscriptions point at it) and the
+//! connection that currently owns it. It has two halves with different owners:
+//!
+//! * the **inbox**: messages routed to the client and not yet sent, behind a small mutex that
+//!   publishers take for one push; bounded, with the overflow dropped and counted. Online or
+//!   offline, messages land here: a persistent session simply has no connection draining it.
+//! * the **core** ([`SessionCore`]): subscriptions, the outbound in-flight window and the inbound
+//!   QoS 2 packet ids. Owned by the connection task while the client is connected (no lock on the
+//!   per-message path) and parked in the session when it disconnects.
+//!
+//! This module is I/O-free; [`registry`] decides who owns which session.
+
+pub mod registry;
+pub mod store;
+
+use ahash::{HashMap, HashMapExt, HashSet};
+use parking_lot::Mutex;
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Instant;
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+use crate::codec::QoS;
+use crate::message::Delivery;
+
+/// Messages waiting to be sent to one client.
+#[derive(Debug, Default)]
+pub struct Inbox {
+    queue: VecDeque<Delivery>,
+    /// QoS 0 entries in `queue`, so eviction knows without scanning whether one exists.
+    qos0: usize,
+}
+
+impl Inbox {
+    /// Number of queued messages.
+    pub fn len(&self) -> usize {
+        self.queue.len()
+    }
+
+    /// Whether nothing is queued.
+    pub fn is_empty(&self) -> bool {
+        self.queue.is_empty()
+    }
+
+    /// The next message to send.
+    pub fn front(&self) -> Option<&Delivery> {
+        self.queue.front()
+    }
+
+    /// Takes the next message to send.
+    pub fn pop(&mut self) -> Option<Delivery> {
+        let d = self.queue.pop_front()?;
+        if d.qos == QoS::AtMostOnce {
+            self.qos0 -= 1;
+        }
+        Some(d)
+    }
+
+    fn push(&mut self, d: Delivery) {
+        if d.qos == QoS::AtMostOnce {
+            self.qos0 += 1;
+        }
+        self.queue.push_back(d);
+    }
+
+    /// Puts messages back at the front, in order (used when a connection ends with messages it
+    /// had taken but not written).
+    pub fn requeue_front(&mut self, items: impl DoubleEndedIterator<Item = Delivery>) {
+        for d in items.rev() {
+            if d.qos == QoS::AtMostOnce {
+                self.qos0 += 1;
+            }
+            self.queue.push_front(d);
+        }
+    }
+
+    fn evict_oldest_qos0(&mut self) -> bool {
+        if self.qos0 == 0 {
+            return false;
+        }
+        if let Some(pos) = self.queue.iter().position(|d| d.qos == QoS::AtMostOnce) {
+            self.queue.remove(pos);
+            self.qos0 -= 1;
+            return true;
+        }
+        false
+    }
+}
+
+/// What happened to a message offered to a session.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Enqueued {
+    /// Queued.
+    Queued,
+    /// Queued, and the oldest queued QoS 0 message was dropped to make room.
+    QueuedEvictedQos0,
+    /// Dropped: the queue is full of QoS 1/2 messages.
+    DroppedQueueFull,
+    /// Dropped: QoS 0 for an offline session, not queued by configuration.
+    DroppedOffline,
+}
+
+/// Queueing policy, from the configuration.
+#[derive(Debug, Clone, Copy)]
+pub struct QueuePolicy {
+    /// Most messages waiting per session.
+    pub max_queued: usize,
+    /// Whether QoS 0 messages are queued while the client is offline.
+    pub qos0_offline: bool,
+}
+
+/// Asks a connection to close.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KickReason {
+    /// Another connection with the same client id took the session over.
+    Takeover,
+    /// The broker is shutting down.
+    Shutdown,
+}
+
+/// The connection that owns a session: how to ask it to close and how to know it has let go.
+#[derive(Debug, Clone)]
+pub struct Owner {
+    /// Unique id of the connection.
+    pub conn_id: u64,
+    /// Cancelled by whoever wants the connection closed.
+    pub kick: CancellationToken,
+    /// Why it was kicked (set before `kick` is cancelled).
+    pub kick_reason: Arc<Mutex<Option<KickReason>>>,
+    /// Cancelled by the connection once it has released the session (will published, core
+    /// parked or discarded).
+    pub released: CancellationToken,
+}
+
+impl Owner {
+    /// A fresh owner handle for connection `conn_id`.
+    pub fn new(conn_id: u64) -> Owner {
+        Owner {
+            conn_id,
+            kick: CancellationToken::new(),
+            kick_reason: Arc::new(Mutex::new(None)),
+            released: CancellationToken::new(),
+        }
+    }
+
+    /// Asks the connection to close for `reason` (the first reason given wins).
+    pub fn kick(&self, reason: KickReason) {
+        self.kick_reason.lock().get_or_insert(reason);
+        self.kick.cancel();
+    }
+}
+
+#[derive(Debug)]
+struct Control {
+    core: Option<SessionCore>,
+    owner: Option<Owner>,
+    persistent: bool,
+    offline_since: Option<Instant>,
+    /// Set when the session has been discarded; a connection still holding it must not park
+    /// anything in it again.
+    discarded: bool,
+}
+
+/// A client's session. See the module documentation.
+#[derive(Debug)]
+pub struct Session {
+    id: u64,
+    client_id: Arc<str>,
+    inbox: Mutex<Inbox>,
+    notify: Notify,
+    online: AtomicBool,
+    control: Mutex<Control>,
+}
+
+impl Session {
+    /// A new, empty session for `client_id`, with a process-unique `id`.
+    pub fn new(id: u64, client_id: Arc<str>, persistent: bool) -> Session {
+        Session {
+            id,
+            client_id,
+            inbox: Mutex::new(Inbox::default()),
+            notify: Notify::new(),
+            online: AtomicBool::new(false),
+            control: Mutex::new(Control {
+                core: Some(SessionCore::default()),
+                owner: None,
+                persistent,
+                offline_since: None,
+                discarded: false,
+            }),
+        }
+    }
+
+    /// Process-unique id of this session object (a new session for the same client id gets a
+    /// new id).
+    pub fn id(&self) -> u64 {
+        self.id
+    }
+
+    /// The client id.
+    pub fn client_id(&self) -> &Arc<str> {
+        &self.client_id
+    }
+
+    /// Whether a connection currently owns the session.
+    pub fn is_online(&self) -> bool {
+        self.online.load(Ordering::Relaxed)
+    }
+
+    /// Marks the session connected or not (the registry does this; tests of other modules too).
+    #[cfg(test)]
+    pub(crate) fn set_online(&self, online: bool) {
+        self.online.store(online, Ordering::Relaxed);
+    }
+
+    /// Offers a message. Never blocks on the client: a full queue drops (and says so).
+    pub fn deliver(&self, d: Delivery, policy: QueuePolicy) -> Enqueued {
+        let online = self.is_online();
+        if !online && d.qos == QoS::AtMostOnce && !policy.qos0_offline {
+            return Enqueued::DroppedOffline;
+        }
+        let mut inbox = self.inbox.lock();
+        let mut outcome = Enqueued::Queued;
+        if inbox.len() >= policy.max_queued {
+            if inbox.evict_oldest_qos0() {
+                outcome = Enqueued::QueuedEvictedQos0;
+            } else {
+                return Enqueued::DroppedQueueFull;
+            }
+        }
+        let was_empty = inbox.is_empty();
+        inbox.push(d);
+        drop(inbox);
+        if was_empty && online {
+            self.notify.notify_one();
+        }
+        outcome
+    }
+
+    /// The inbox, for the owning connection to drain.
+    pub fn inbox(&self) -> parking_lot::MutexGuard<'_, Inbox> {
+        self.inbox.lock()
+    }
+
+    /// Wakes the owning connection when the inbox goes from empty to non-empty.
+    pub fn notify(&self) -> &Notify {
+        &self.notify
+    }
+}
+
+/// Outbound message waiting for its acknowledgement.
+#[derive(Debug, Clone)]
+pub struct InFlight {
+    /// Order of first transmission, to resend in the same order.
+    pub seq: u64,
+    /// The message (kept after PUBREC too, which is cheap: it is shared).
+    pub delivery: Delivery,
+    /// What the client owes us next.
+    pub awaiting: Awaiting,
+}
+
+/// The acknowledgement an in-flight message waits for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Awaiting {
+    /// QoS 1: PUBACK.
+    PubAck,
+    /// QoS 2, step 1: PUBREC.
+    PubRec,
+    /// QoS 2, step 3: PUBCOMP (PUBREL sent).
+    PubComp,
+}
+
+/// The outbound window: packet ids in use and what each waits for.
+#[derive(Debug, Default)]
+pub struct Outbound {
+    inflight: HashMap<u16, InFlight>,
+    next_pkid: u16,
+    seq: u64,
+}
+
+impl Outbound {
+    /// Messages awaiting acknowledgement.
+    pub fn len(&self) -> usize {
+        self.inflight.len()
+    }
+
+    /// Whether nothing is in flight.
+    pub fn is_empty(&self) -> bool {
+        self.inflight.is_empty()
+    }
+
+    /// Registers a QoS 1/2 delivery and returns its packet id, or `None` if all 65,535 ids are
+    /// taken (the window limit keeps this from happening).
+    pub fn start(&mut self, delivery: Delivery) -> Option<u16> {
+        if self.inflight.len() >= u16::MAX as usize {
+            return None;
+        }
+        let awaiting = if delivery.qos == QoS::ExactlyOnce {
+            Awaiting::PubRec
+        } else {
+            Awaiting::PubAck
+        };
+        loop {
+            self.next_pkid = self.next_pkid.wrapping_add(1);
+            if self.next_pkid == 0 {
+                self.next_pkid = 1;
+            }
+            if !self.inflight.contains_key(&self.next_pkid) {
+                break;
+            }
+        }
+        self.seq += 1;
+        self.inflight.insert(
+            self.next_pkid,
+            InFlight {
+                seq: self.seq,
+                delivery,
+                awaiting,
+            },
+        );
+        Some(self.next_pkid)
+    }
+
+    /// Handles PUBACK: true if it completed a QoS 1 delivery.
+    pub fn puback(&mut self, pkid: u16) -> bool {
+        match self.inflight.get(&pkid) {
+            Some(f) if f.awaiting == Awaiting::PubAck => {
+                self.inflight.remove(&pkid);
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Handles PUBREC: true if it moved a QoS 2 delivery to the PUBREL step. The caller sends
+    /// PUBREL in either case ([MQTT-4.3.3-1] wants PUBREL for a PUBREC we know; for one we do
+    /// not, answering PUBREL lets the client finish its flow).
+    pub fn pubrec(&mut self, pkid: u16) -> bool {
+        match self.inflight.get_mut(&pkid) {
+            Some(f) if f.awaiting == Awaiting::PubRec => {
+                f.awaiting = Awaiting::PubComp;
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Handles PUBCOMP: true if it completed a QoS 2 delivery.
+    pub fn pubcomp(&mut self, pkid: u16) -> bool {
+        match self.inflight.get(&pkid) {
+            Some(f) if f.awaiting == Awaiting::PubComp => {
+                self.inflight.remove(&pkid);
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Everything in flight, in first-transmission order, for resending on reconnect.
+    pub fn in_order(&self) -> Vec<(u16, InFlight)> {
+        let mut all: Vec<_> = self.inflight.iter().map(|(k, v)| (*k, v.clone())).collect();
+        all.sort_unstable_by_key(|(_, f)| f.seq);
+        all
+    }
+}
+
+/// Session state owned by the connected client's task (or parked while offline).
+#[derive(Debug)]
+pub struct SessionCore {
+    /// Subscriptions by the filter string as the client sent it (including `$share/...`).
+    pub subscriptions: HashMap<String, QoS>,
+    /// Outbound QoS 1/2 window.
+    pub outbound: Outbound,
+    /// Inbound QoS 2 packet ids received and not yet released: a PUBLISH retransmitted with one
+    /// of these ids is not routed again (exactly once).
+    pub awaiting_rel: HashSet<u16>,
+}
+
+impl Default for SessionCore {
+    fn default() -> Self {
+        SessionCore {
+            subscriptions: HashMap::new(),
+            outbound: Outbound::default(),
+            awaiting_rel: HashSet::default(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::message::Message;
+    use bytes::Bytes;
+
+    fn d(qos: QoS, tag: &str) -> Delivery {
+        Delivery {
+            msg: Message::new(tag.into(), Bytes::new(), qos, false),
+            qos,
+            retain: false,
+        }
+    }
+
+    const P: QueuePolicy = QueuePolicy {
+        max_queued: 3,
+        qos0_offline: false,
+    };
+
+    fn online() -> Session {
+        let s = Session::new(1, "c".into(), true);
+        s.set_online(true);
+        s
+    }
+
+    #[test]
+    fn bounded_queue_evicts_oldest_qos0_first() {
+        let s = online();
+        assert_eq!(s.deliver(d(QoS::AtLeastOnce, "a"), P), Enqueued::Queued);
+        assert_eq!(s.deliver(d(QoS::AtMostOnce, "b"), P), Enqueued::Queued);
+        assert_eq!(s.deliver(d(QoS::AtMostOnce, "c"), P), Enqueued::Queued);
+        assert_eq!(s.deliver(d(QoS::AtLeastOnce, "d"), P), Enqueued::QueuedEvictedQos0);
+        assert_eq!(s.deliver(d(QoS::AtLeastOnce, "e"), P), Enqueued::QueuedEvictedQos0);
+        assert_eq!(s.deliver(d(QoS::AtLeastOnce, "f"), P), Enqueued::DroppedQueueFull);
+        assert_eq!(s.deliver(d(QoS::AtMostOnce, "g"), P), Enqueued::DroppedQueueFull);
+        let mut inbox = s.inbox();
+        let order: Vec<_> = std::iter::from_fn(|| inbox.pop())
+            .map(|d| d.msg.topic.clone())
+            .collect();
+        assert_eq!(order, ["a", "d", "e"]);
+    }
+
+    #[test]
+    fn offline_qos0_follows_policy() {
+        let s = Session::new(1, "c".into(), true);
+        assert_eq!(s.deliver(d(QoS::AtMostOnce, "a"), P), Enqueued::DroppedOffline);
+        assert_eq!(s.deliver(d(QoS::AtLeastOnce, "b"), P), Enqueued::Queued);
+        let keep = QueuePolicy {
+            qos0_offline: true,
+            ..P
+        };
+        assert_eq!(s.deliver(d(QoS::AtMostOnce, "c"), keep), Enqueued::Queued);
+        assert_eq!(s.inbox().len(), 2);
+    }
+
+    #[test]
+    fn requeue_front_keeps_order_and_counts() {
+        let s = online();
+        s.deliver(d(QoS::AtMostOnce, "c"), P);
+        s.inbox()
+            .requeue_front(vec![d(QoS::AtMostOnce, "a"), d(QoS::AtLeastOnce, "b")].into_iter());
+        let mut inbox = s.inbox();
+        assert_eq!(inbox.qos0, 2);
+        let order: Vec<_> = std::iter::from_fn(|| inbox.pop())
+            .map(|d| d.msg.topic.clone())
+            .collect();
+        assert_eq!(order, ["a", "b", "c"]);
+        assert_eq!(inbox.qos0, 0);
+    }
+
+    #[test]
+    fn outbound_flows() {
+        let mut o = Outbound::default();
+        let a = o.start(d(QoS::AtLeastOnce, "a")).unwrap();
+        let b = o.start(d(QoS::ExactlyOnce, "b")).unwrap();
+        assert_ne!(a, b);
+        assert!(!o.pubrec(a), "PUBREC for a QoS 1 id");
+        assert!(o.puback(a));
+        assert!(!o.puback(a), "second PUBACK");
+        assert!(!o.pubcomp(b), "PUBCOMP before PUBREC");
+        assert!(o.pubrec(b));
+        assert!(!o.pubrec(b));
+        assert_eq!(o.in_order()[0].1.awaiting, Awaiting::PubComp);
+        assert!(o.pubcomp(b));
+        assert!(o.is_empty());
+    }
+
+    #[test]
+    fn packet_ids_skip_zero_and_ids_in_use() {
+        let mut o = Outbound::default();
+        o.next_pkid = u16::MAX - 1;
+        let x = o.start(d(QoS::AtLeastOnce, "x")).unwrap();
+        assert_eq!(x, u16::MAX);
+        let y = o.start(d(QoS::AtLeastOnce, "y")).unwrap();
+        assert_eq!(y, 1);
+        // Wrap around onto an id still in use: it is skipped.
+        o.next_pkid = u16::MAX;
+        let z = o.start(d(QoS::AtLeastOnce, "z")).unwrap();
+        assert_eq!(z, 2);
+        let order: Vec<_> = o.in_order().into_iter().map(|(id, _)| id).collect();
+        assert_eq!(order, [u16::MAX, 1, 2]);
+    }
+}
