@@ -1,1 +1,3 @@
 //! hmq
+
+pub mod config;
