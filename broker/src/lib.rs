@@ -1,3 +1,4 @@
 //! hmq
 
+pub mod cli;
 pub mod config;
