@@ -1,0 +1,315 @@
+//! The rules a parsed `Config` must satisfy before the broker starts: listen addresses,
+//! paths, what TLS and ACL need, and the ranges of the limits. Each error names the key
+//! and says what is expected.
+
+use std::net::{IpAddr, SocketAddr};
+
+use super::{Config, ConfigError};
+
+/// Largest MQTT packet: 1 byte of fixed header, 4 bytes of remaining length, and the largest
+/// remaining length (268,435,455).
+pub const MAX_PACKET_SIZE_LIMIT: u32 = 268_435_455 + 5;
+/// Smallest `maxPacketSize` accepted: a CONNECT with a short client id does not fit in less.
+pub const MIN_PACKET_SIZE: u32 = 16;
+/// Longest `connectTimeout`, in seconds.
+pub const MAX_CONNECT_TIMEOUT: u64 = 3600;
+/// Longest `sessionExpiry`, in seconds: MQTT 5's 32-bit session expiry interval. Also keeps
+/// deadline arithmetic far from overflow.
+pub const MAX_SESSION_EXPIRY: u64 = u32::MAX as u64;
+
+pub(super) fn check(config: &Config) -> Result<(), ConfigError> {
+    check_host("host", &config.host)?;
+    check_host("cluster.host", &config.cluster.host)?;
+    check_host("tlsHost", &config.tls_host)?;
+    check_ws_path(&config.ws_path)?;
+    check_tls(config)?;
+    if config.acl && config.acl_conf.is_none() {
+        return Err(ConfigError::for_key(
+            "acl",
+            "requires aclConf (the ACL file)",
+        ));
+    }
+    check_plugins(config.plugins.as_ref())?;
+    check_limits(config)
+}
+
+/// An IP address literal or a syntactically valid host name (RFC 1123).
+fn check_host(key: &str, host: &str) -> Result<(), ConfigError> {
+    let fail = |message: String| Err(ConfigError::for_key(key, message));
+    if host.is_empty() {
+        return fail(
+            "must not be empty: use an IP address (0.0.0.0 for all interfaces) or a host name"
+                .into(),
+        );
+    }
+    if host.parse::<IpAddr>().is_ok() {
+        return Ok(());
+    }
+    if let Some(inner) = host.strip_prefix('[').and_then(|h| h.strip_suffix(']')) {
+        if inner.parse::<IpAddr>().is_ok() {
+            return fail(format!("write the IPv6 address without brackets: {inner}"));
+        }
+    }
+    if host.parse::<SocketAddr>().is_ok()
+        || host
+            .rsplit_once(':')
+            .is_some_and(|(_, p)| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()))
+    {
+        return fail(format!(
+            "{host:?} includes a port: give the address only, the port has its own key"
+        ));
+    }
+    let name = host.strip_suffix('.').unwrap_or(host);
+    if name.len() > 253 {
+        return fail(format!(
+            "{host:?} is not a valid host name: longer than 253 characters"
+        ));
+    }
+    for label in name.split('.') {
+        if label.is_empty() {
+            return fail(format!("{host:?} is not a valid host name: empty label"));
+        }
+        if label.len() > 63 {
+            return fail(format!(
+                "{host:?} is not a valid host name: label longer than 63 characters"
+            ));
+        }
+        if let Some(bad) = label
+            .chars()
+            .find(|c| !c.is_ascii_alphanumeric() && *c != '-')
+        {
+            return fail(format!(
+                "{host:?} is not an IP address or a valid host name: {bad:?} is not allowed (letters, digits, '-' and '.' only)"
+            ));
+        }
+        if label.starts_with('-') || label.ends_with('-') {
+            return fail(format!(
+                "{host:?} is not a valid host name: a label starts or ends with '-'"
+            ));
+        }
+    }
+    // "256.1.1.1" or "10.0.0" pass the label rules, but they are mistyped IP addresses.
+    if name
+        .rsplit('.')
+        .next()
+        .is_some_and(|last| last.bytes().all(|b| b.is_ascii_digit()))
+    {
+        return fail(format!("{host:?} is not a valid IP address"));
+    }
+    Ok(())
+}
+
+fn check_ws_path(path: &str) -> Result<(), ConfigError> {
+    let fail = |message: String| Err(ConfigError::for_key("wsPath", message));
+    if !path.starts_with('/') {
+        return fail(format!(
+            "must start with '/' (e.g. \"/ws\"), found {path:?}"
+        ));
+    }
+    if let Some(bad) = path
+        .chars()
+        .find(|c| c.is_whitespace() || c.is_control() || *c == '?' || *c == '#')
+    {
+        return fail(format!(
+            "must be a plain URL path: {bad:?} is not allowed, found {path:?}"
+        ));
+    }
+    Ok(())
+}
+
+fn check_tls(config: &Config) -> Result<(), ConfigError> {
+    let info = &config.tls_info;
+    // Both the TLS listener and WSS serve the tlsInfo certificate.
+    let users = [
+        ("tlsPort", config.tls_port.is_some()),
+        ("wsTLS", config.ws_tls),
+    ];
+    for (key, on) in users {
+        if !on {
+            continue;
+        }
+        if info.cert_file.is_none() {
+            return Err(ConfigError::for_key(
+                key,
+                "requires tlsInfo.certFile (the server certificate)",
+            ));
+        }
+        if info.key_file.is_none() {
+            return Err(ConfigError::for_key(
+                key,
+                "requires tlsInfo.keyFile (the server private key)",
+            ));
+        }
+    }
+    if info.verify && info.ca_file.is_none() {
+        return Err(ConfigError::for_key(
+            "tlsInfo.verify",
+            "requires tlsInfo.caFile (the CA that signs client certificates)",
+        ));
+    }
+    Ok(())
+}
+
+fn check_plugins(plugins: Option<&serde_json::Value>) -> Result<(), ConfigError> {
+    match plugins {
+        None | Some(serde_json::Value::Null) => Ok(()),
+        Some(serde_json::Value::Object(map)) if map.is_empty() => Ok(()),
+        Some(_) => Err(ConfigError::for_key(
+            "plugins",
+            "hmq's Go plugins are not supported: remove the section or leave it empty ({})",
+        )),
+    }
+}
+
+/// `value` must be in `min..=max`; the message gives the range.
+fn in_range<T: PartialOrd + std::fmt::Display>(
+    key: &str,
+    value: T,
+    min: T,
+    max: Option<T>,
+) -> Result<(), ConfigError> {
+    let fits = value >= min && max.as_ref().is_none_or(|max| value <= *max);
+    if fits {
+        return Ok(());
+    }
+    let message = match max {
+        Some(max) => format!("must be between {min} and {max}, found {value}"),
+        None => format!("must be at least {min}, found {value}"),
+    };
+    Err(ConfigError::for_key(key, message))
+}
+
+fn check_limits(config: &Config) -> Result<(), ConfigError> {
+    in_range(
+        "connectTimeout",
+        config.connect_timeout,
+        1,
+        Some(MAX_CONNECT_TIMEOUT),
+    )?;
+    in_range(
+        "maxPacketSize",
+        config.max_packet_size,
+        MIN_PACKET_SIZE,
+        Some(MAX_PACKET_SIZE_LIMIT),
+    )?;
+    in_range("maxInflight", config.max_inflight, 1, None)?;
+    in_range("maxQueuedMessages", config.max_queued_messages, 1, None)?;
+    in_range("maxAwaitingRel", config.max_awaiting_rel, 1, None)?;
+    in_range("maxTopicLength", config.max_topic_length, 1, Some(65_535))?;
+    in_range("maxTopicLevels", config.max_topic_levels, 1, None)?;
+    in_range(
+        "sessionExpiry",
+        config.session_expiry,
+        0,
+        Some(MAX_SESSION_EXPIRY),
+    )?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hosts() {
+        let good = [
+            "0.0.0.0",
+            "127.0.0.1",
+            "::",
+            "::1",
+            "fe80::1",
+            "localhost",
+            "broker-0.hmq.default.svc.cluster.local",
+            "broker-0.hmq.default.svc.cluster.local.",
+            "a1",
+            "1a.example",
+        ];
+        for host in good {
+            assert_eq!(check_host("host", host), Ok(()), "{host}");
+        }
+        let bad: &[(&str, &str)] = &[
+            ("", "must not be empty"),
+            ("[::1]", "without brackets"),
+            ("0.0.0.0:1883", "includes a port"),
+            ("localhost:1883", "includes a port"),
+            ("256.1.1.1", "not a valid IP address"),
+            ("10.0.0", "not a valid IP address"),
+            ("my_host", "'_' is not allowed"),
+            ("host name", "' ' is not allowed"),
+            ("a..b", "empty label"),
+            ("-a.b", "starts or ends with '-'"),
+            (".", "empty label"),
+        ];
+        for (host, expected) in bad {
+            let err = check_host("tlsHost", host).unwrap_err();
+            assert_eq!(err.key.as_deref(), Some("tlsHost"));
+            assert!(err.message.contains(expected), "{host:?}: {}", err.message);
+        }
+        let long_label = "a".repeat(64);
+        assert!(
+            check_host("host", &long_label)
+                .unwrap_err()
+                .message
+                .contains("63")
+        );
+        let long_name = vec!["a".repeat(60); 5].join(".");
+        assert!(
+            check_host("host", &long_name)
+                .unwrap_err()
+                .message
+                .contains("253")
+        );
+    }
+
+    #[test]
+    fn ws_paths() {
+        for path in ["/", "/ws", "/mqtt/ws", "/a-b_c.d~e"] {
+            assert_eq!(check_ws_path(path), Ok(()), "{path}");
+        }
+        let bad: &[(&str, &str)] = &[
+            ("", "must start with '/'"),
+            ("ws", "must start with '/'"),
+            ("/ws?x=1", "'?' is not allowed"),
+            ("/w s", "' ' is not allowed"),
+            ("/ws#a", "'#' is not allowed"),
+        ];
+        for (path, expected) in bad {
+            let err = check_ws_path(path).unwrap_err();
+            assert_eq!(err.key.as_deref(), Some("wsPath"));
+            assert!(err.message.contains(expected), "{path:?}: {}", err.message);
+        }
+    }
+
+    #[test]
+    fn plugins() {
+        use serde_json::json;
+        assert!(check_plugins(None).is_ok());
+        assert!(check_plugins(Some(&json!(null))).is_ok());
+        assert!(check_plugins(Some(&json!({}))).is_ok());
+        for value in [
+            json!({"auth": "authhttp"}),
+            json!([]),
+            json!("x"),
+            json!(true),
+        ] {
+            let err = check_plugins(Some(&value)).unwrap_err();
+            assert_eq!(err.key.as_deref(), Some("plugins"));
+            assert!(err.message.contains("not supported"));
+        }
+    }
+
+    #[test]
+    fn ranges() {
+        assert!(in_range("k", 5u32, 1, Some(10)).is_ok());
+        assert!(in_range("k", 1u32, 1, Some(10)).is_ok());
+        assert!(in_range("k", 10u32, 1, Some(10)).is_ok());
+        assert_eq!(
+            in_range("k", 0u32, 1, Some(10)).unwrap_err().message,
+            "must be between 1 and 10, found 0"
+        );
+        assert_eq!(
+            in_range("k", 0u64, 1, None).unwrap_err().message,
+            "must be at least 1, found 0"
+        );
+    }
+}
