@@ -132,7 +132,9 @@ impl Broker {
             };
             match session.deliver(d, policy) {
                 Enqueued::Queued => {}
-                Enqueued::QueuedEvictedQos0 | Enqueued::DroppedQueueFull => dropped.queue_full.inc(),
+                Enqueued::QueuedEvictedQos0 | Enqueued::DroppedQueueFull => {
+                    dropped.queue_full.inc()
+                }
                 Enqueued::DroppedOffline => dropped.offline_qos0.inc(),
             }
         });

@@ -380,12 +380,26 @@ pub fn decode(buf: &mut BytesMut, max_packet_size: usize) -> Result<Option<Packe
                 code: c.code as u8,
             }
         }
-        4 => Packet::PubAck(v4::PubAck::read(header, frame).map_err(|e| crate_err(name, e))?.pkid),
-        5 => Packet::PubRec(v4::PubRec::read(header, frame).map_err(|e| crate_err(name, e))?.pkid),
-        6 => Packet::PubRel(v4::PubRel::read(header, frame).map_err(|e| crate_err(name, e))?.pkid),
-        7 => {
-            Packet::PubComp(v4::PubComp::read(header, frame).map_err(|e| crate_err(name, e))?.pkid)
-        }
+        4 => Packet::PubAck(
+            v4::PubAck::read(header, frame)
+                .map_err(|e| crate_err(name, e))?
+                .pkid,
+        ),
+        5 => Packet::PubRec(
+            v4::PubRec::read(header, frame)
+                .map_err(|e| crate_err(name, e))?
+                .pkid,
+        ),
+        6 => Packet::PubRel(
+            v4::PubRel::read(header, frame)
+                .map_err(|e| crate_err(name, e))?
+                .pkid,
+        ),
+        7 => Packet::PubComp(
+            v4::PubComp::read(header, frame)
+                .map_err(|e| crate_err(name, e))?
+                .pkid,
+        ),
         8 => parse_subscribe(frame.slice(header_len..))?,
         9 => {
             let s = v4::SubAck::read(header, frame).map_err(|e| crate_err(name, e))?;
@@ -430,7 +444,12 @@ pub fn decode(buf: &mut BytesMut, max_packet_size: usize) -> Result<Option<Packe
 /// Remaining length of the frame at the front of `buf`, given its total length: derived from the
 /// number of length bytes, which `check` already validated.
 fn remaining_of(buf: &BytesMut, frame_len: usize) -> usize {
-    let len_bytes = buf[1..].iter().take(4).take_while(|b| *b & 0x80 != 0).count() + 1;
+    let len_bytes = buf[1..]
+        .iter()
+        .take(4)
+        .take_while(|b| *b & 0x80 != 0)
+        .count()
+        + 1;
     frame_len - 1 - len_bytes
 }
 
@@ -438,7 +457,9 @@ fn crate_err(packet: &'static str, e: mqttbytes::Error) -> DecodeError {
     let reason = match e {
         mqttbytes::Error::TopicNotUtf8 => "string is not valid UTF-8".to_string(),
         mqttbytes::Error::PacketIdZero => "packet identifier 0".to_string(),
-        mqttbytes::Error::BoundaryCrossed(n) => format!("field of {n} bytes crosses the packet end"),
+        mqttbytes::Error::BoundaryCrossed(n) => {
+            format!("field of {n} bytes crosses the packet end")
+        }
         mqttbytes::Error::InvalidQoS(q) => format!("QoS {q}"),
         other => format!("{other:?}"),
     };
@@ -470,7 +491,8 @@ fn take_bytes(b: &mut Bytes, packet: &'static str) -> Result<Bytes, DecodeError>
 /// An MQTT UTF-8 string: valid UTF-8 and no U+0000 [MQTT-1.5.3-1/2].
 fn take_string(b: &mut Bytes, packet: &'static str) -> Result<String, DecodeError> {
     let raw = take_bytes(b, packet)?;
-    let s = std::str::from_utf8(&raw).map_err(|_| malformed(packet, "string is not valid UTF-8"))?;
+    let s =
+        std::str::from_utf8(&raw).map_err(|_| malformed(packet, "string is not valid UTF-8"))?;
     if s.contains('\0') {
         return Err(malformed(packet, "string contains U+0000"));
     }
@@ -686,7 +708,9 @@ pub fn encode_connect(buf: &mut BytesMut, c: &Connect) -> Result<(), DecodeError
             .unwrap_or_default();
         out.set_login(u.clone(), p);
     }
-    out.write(buf).map(|_| ()).map_err(|e| crate_err("CONNECT", e))
+    out.write(buf)
+        .map(|_| ())
+        .map_err(|e| crate_err("CONNECT", e))
 }
 
 /// Client side: writes a SUBSCRIBE.
@@ -701,7 +725,9 @@ pub fn encode_subscribe(
             .map(|(f, q)| v4::SubscribeFilter::new(f.clone(), q.to_crate())),
     );
     s.pkid = pkid;
-    s.write(buf).map(|_| ()).map_err(|e| crate_err("SUBSCRIBE", e))
+    s.write(buf)
+        .map(|_| ())
+        .map_err(|e| crate_err("SUBSCRIBE", e))
 }
 
 /// Client side: writes an UNSUBSCRIBE.
@@ -753,13 +779,17 @@ mod tests {
 
     #[test]
     fn connect_311_and_31() {
-        let p = dec(&connect_bytes(b"MQTT", 4, 0x02, &[0, 1, b'c'])).unwrap().unwrap();
+        let p = dec(&connect_bytes(b"MQTT", 4, 0x02, &[0, 1, b'c']))
+            .unwrap()
+            .unwrap();
         let Packet::Connect(c) = p else { panic!() };
         assert_eq!(c.protocol, Protocol::V311);
         assert!(c.clean_session);
         assert_eq!(c.client_id, "c");
         assert_eq!(c.keep_alive, 60);
-        let p = dec(&connect_bytes(b"MQIsdp", 3, 0x00, &[0, 1, b'c'])).unwrap().unwrap();
+        let p = dec(&connect_bytes(b"MQIsdp", 3, 0x00, &[0, 1, b'c']))
+            .unwrap()
+            .unwrap();
         let Packet::Connect(c) = p else { panic!() };
         assert_eq!(c.protocol, Protocol::V31);
         assert!(!c.clean_session);
@@ -782,7 +812,10 @@ mod tests {
             panic!()
         };
         let w = c.will.clone().unwrap();
-        assert_eq!((w.topic.as_str(), w.qos, w.retain), ("t", QoS::AtLeastOnce, true));
+        assert_eq!(
+            (w.topic.as_str(), w.qos, w.retain),
+            ("t", QoS::AtLeastOnce, true)
+        );
         assert_eq!(&w.payload[..], &[0xFF, 0x00]);
         assert_eq!(c.username.as_deref(), Some("u"));
         assert_eq!(c.password.as_deref(), Some(&[0xC3, 0x28][..]));
@@ -801,15 +834,15 @@ mod tests {
         );
         for (name, flags, payload) in [
             (&b"HTTP"[..], 0u8, &[0u8, 0][..]),
-            (b"MQTT", 0x01, &[0, 0]),           // reserved flag
-            (b"MQTT", 0x08, &[0, 0]),           // will qos without will
-            (b"MQTT", 0x20, &[0, 0]),           // will retain without will
-            (b"MQTT", 0x40, &[0, 0, 0, 0]),     // password without user
+            (b"MQTT", 0x01, &[0, 0]),                   // reserved flag
+            (b"MQTT", 0x08, &[0, 0]),                   // will qos without will
+            (b"MQTT", 0x20, &[0, 0]),                   // will retain without will
+            (b"MQTT", 0x40, &[0, 0, 0, 0]),             // password without user
             (b"MQTT", 0x1C, &[0, 0, 0, 1, b't', 0, 0]), // will qos 3
-            (b"MQTT", 0x00, &[0, 0, 9]),        // trailing byte
-            (b"MQTT", 0x00, &[0, 5, b'a']),     // truncated id
-            (b"MQTT", 0x00, &[0, 1, 0]),        // NUL in client id
-            (b"MQTT", 0x00, &[0, 1, 0xFF]),     // invalid UTF-8
+            (b"MQTT", 0x00, &[0, 0, 9]),                // trailing byte
+            (b"MQTT", 0x00, &[0, 5, b'a']),             // truncated id
+            (b"MQTT", 0x00, &[0, 1, 0]),                // NUL in client id
+            (b"MQTT", 0x00, &[0, 1, 0xFF]),             // invalid UTF-8
         ] {
             let r = dec(&connect_bytes(name, 4, flags, payload));
             assert!(
@@ -873,11 +906,18 @@ mod tests {
     fn size_limit_before_body() {
         // Announces 2 MiB; only the header is present.
         let mut b = BytesMut::from(&[0x30, 0x80, 0x80, 0x80, 0x01][..]);
-        assert!(matches!(decode(&mut b, 1 << 20), Err(DecodeError::TooLarge { .. })));
+        assert!(matches!(
+            decode(&mut b, 1 << 20),
+            Err(DecodeError::TooLarge { .. })
+        ));
         // Exactly at the limit is fine: 2 header bytes + 100 body bytes = 102.
         let mut body = vec![0x30, 100, 0, 1, b't'];
         body.extend(std::iter::repeat_n(0u8, 97));
-        assert!(decode(&mut BytesMut::from(&body[..]), 102).unwrap().is_some());
+        assert!(
+            decode(&mut BytesMut::from(&body[..]), 102)
+                .unwrap()
+                .is_some()
+        );
         assert!(matches!(
             decode(&mut BytesMut::from(&body[..]), 101),
             Err(DecodeError::TooLarge { .. })
@@ -902,7 +942,9 @@ mod tests {
 
     #[test]
     fn subscribe_and_unsubscribe() {
-        let p = dec(&[0x82, 8, 0, 1, 0, 3, b'a', b'/', b'#', 2]).unwrap().unwrap();
+        let p = dec(&[0x82, 8, 0, 1, 0, 3, b'a', b'/', b'#', 2])
+            .unwrap()
+            .unwrap();
         assert_eq!(
             p,
             Packet::Subscribe {
@@ -949,8 +991,14 @@ mod tests {
         encode_pingreq(&mut b);
         encode_disconnect(&mut b);
         assert_eq!(decode(&mut b, 1024), Ok(Some(Packet::Connect(Box::new(c)))));
-        assert!(matches!(decode(&mut b, 1024), Ok(Some(Packet::Subscribe { pkid: 3, .. }))));
-        assert!(matches!(decode(&mut b, 1024), Ok(Some(Packet::Unsubscribe { pkid: 4, .. }))));
+        assert!(matches!(
+            decode(&mut b, 1024),
+            Ok(Some(Packet::Subscribe { pkid: 3, .. }))
+        ));
+        assert!(matches!(
+            decode(&mut b, 1024),
+            Ok(Some(Packet::Unsubscribe { pkid: 4, .. }))
+        ));
         assert_eq!(decode(&mut b, 1024), Ok(Some(Packet::PingReq)));
         assert_eq!(decode(&mut b, 1024), Ok(Some(Packet::Disconnect)));
         assert!(b.is_empty());

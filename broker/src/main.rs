@@ -1,6 +1,7 @@
 //! The `hmq` binary: parse the command line, load the configuration, set up logging, run the
 //! broker until SIGTERM or SIGINT.
 
+use std::io::IsTerminal;
 use std::process::ExitCode;
 
 use anyhow::Context;
@@ -55,7 +56,12 @@ fn main() -> ExitCode {
 fn init_tracing(config: &Config) {
     let default = if config.debug { "debug" } else { "info" };
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
-    tracing_subscriber::fmt().with_env_filter(filter).with_target(false).init();
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_target(false)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .init();
 }
 
 fn run(config: Config) -> anyhow::Result<()> {
@@ -78,7 +84,10 @@ fn run(config: Config) -> anyhow::Result<()> {
 /// Cancels `shutdown` on SIGTERM or SIGINT.
 async fn watch_signals(shutdown: CancellationToken) {
     use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
         warn!("cannot install signal handlers; stop the broker with SIGKILL");
         return;
     };

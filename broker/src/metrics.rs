@@ -50,8 +50,8 @@ pub struct Metrics {
 impl Metrics {
     /// Creates and registers every metric on a new registry.
     pub fn new() -> Metrics {
-        let registry = Registry::new_custom(Some("hmq".into()), None)
-            .unwrap_or_else(|_| Registry::new());
+        let registry =
+            Registry::new_custom(Some("hmq".into()), None).unwrap_or_else(|_| Registry::new());
         let counter_vec = |name: &str, help: &str, label: &str| {
             let c = IntCounterVec::new(Opts::new(name, help), &[label])
                 .unwrap_or_else(|e| panic!("metric {name}: {e}"));
@@ -68,7 +68,10 @@ impl Metrics {
             c
         };
         let connections_current = IntGaugeVec::new(
-            Opts::new("connections_current", "Open client connections by listener."),
+            Opts::new(
+                "connections_current",
+                "Open client connections by listener.",
+            ),
             &["listener"],
         )
         .unwrap_or_else(|e| panic!("metric connections_current: {e}"));
@@ -90,9 +93,7 @@ impl Metrics {
             "Messages not delivered to a subscriber (or to anyone), by reason.",
             "reason",
         );
-        let by_qos = |v: &IntCounterVec| {
-            ["0", "1", "2"].map(|q| v.with_label_values(&[q]))
-        };
+        let by_qos = |v: &IntCounterVec| ["0", "1", "2"].map(|q| v.with_label_values(&[q]));
         Metrics {
             connections_total: counter_vec(
                 "connections_total",

@@ -29,7 +29,9 @@ const EXPIRY_SWEEP: Duration = Duration::from_secs(30);
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
     /// A configured feature this build does not serve yet.
-    #[error("config key `{key}`: {what} is not available in this version of hmq yet; remove the key to start")]
+    #[error(
+        "config key `{key}`: {what} is not available in this version of hmq yet; remove the key to start"
+    )]
     Unsupported {
         /// The config key that turned it on.
         key: &'static str,
@@ -222,8 +224,14 @@ impl Server {
         info!("shutting down: closing connections");
         drop(tcp);
         tracker.close();
-        if tokio::time::timeout(DRAIN_DEADLINE, tracker.wait()).await.is_err() {
-            warn!(remaining = tracker.len(), "connections still open at the shutdown deadline");
+        if tokio::time::timeout(DRAIN_DEADLINE, tracker.wait())
+            .await
+            .is_err()
+        {
+            warn!(
+                remaining = tracker.len(),
+                "connections still open at the shutdown deadline"
+            );
         }
         sweeper.abort();
         info!("broker stopped");
@@ -231,7 +239,12 @@ impl Server {
     }
 }
 
-async fn serve_tcp(stream: TcpStream, peer: SocketAddr, broker: Arc<Broker>, shutdown: CancellationToken) {
+async fn serve_tcp(
+    stream: TcpStream,
+    peer: SocketAddr,
+    broker: Arc<Broker>,
+    shutdown: CancellationToken,
+) {
     if let Err(e) = stream.set_nodelay(true) {
         debug!(%peer, error = %e, "set_nodelay failed");
     }

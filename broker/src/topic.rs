@@ -194,11 +194,24 @@ mod tests {
 
     #[test]
     fn filters() {
-        for ok in ["#", "+", "a/#", "+/+", "/+", "a//+/#", "+/tennis/#", "$SYS/#"] {
+        for ok in [
+            "#",
+            "+",
+            "a/#",
+            "+/+",
+            "/+",
+            "a//+/#",
+            "+/tennis/#",
+            "$SYS/#",
+        ] {
             assert_eq!(validate_filter(ok, &L), Ok(()), "{ok}");
         }
         for bad in ["a#", "a/#/b", "a+", "+a/b", "#/", "a/b#"] {
-            assert_eq!(validate_filter(bad, &L), Err(TopicError::BadWildcard), "{bad}");
+            assert_eq!(
+                validate_filter(bad, &L),
+                Err(TopicError::BadWildcard),
+                "{bad}"
+            );
         }
         assert_eq!(validate_filter("", &L), Err(TopicError::Empty));
     }
@@ -210,7 +223,10 @@ mod tests {
             max_levels: 2,
         };
         assert_eq!(validate_name("abcdef", &l), Err(TopicError::TooLong(5)));
-        assert_eq!(validate_name("a/b/c", &l), Err(TopicError::TooManyLevels(2)));
+        assert_eq!(
+            validate_name("a/b/c", &l),
+            Err(TopicError::TooManyLevels(2))
+        );
         assert_eq!(validate_filter("a/b", &l), Ok(()));
     }
 
@@ -221,7 +237,13 @@ mod tests {
         assert_eq!(s.filter, "a/+");
         let s = parse_subscription("$share/g/#", &L).unwrap();
         assert_eq!(s.filter, "#");
-        for bad in ["$share/", "$share/g", "$share/g/", "$share//a", "$share/+/a"] {
+        for bad in [
+            "$share/",
+            "$share/g",
+            "$share/g/",
+            "$share//a",
+            "$share/+/a",
+        ] {
             assert!(parse_subscription(bad, &L).is_err(), "{bad}");
         }
         assert_eq!(parse_subscription("$shared/a", &L).unwrap().group, None);
@@ -231,7 +253,11 @@ mod tests {
     fn matching() {
         let cases = [
             ("sport/tennis/player1/#", "sport/tennis/player1", true),
-            ("sport/tennis/player1/#", "sport/tennis/player1/ranking", true),
+            (
+                "sport/tennis/player1/#",
+                "sport/tennis/player1/ranking",
+                true,
+            ),
             ("sport/#", "sport", true),
             ("#", "a/b/c", true),
             ("#", "/", true),

@@ -47,16 +47,24 @@ pub async fn read_first<R: AsyncRead + Unpin>(
         match codec::decode(rbuf, broker.settings.max_packet_size) {
             Ok(Some(Packet::Connect(c))) => return Ok(First::Connect(c)),
             Ok(Some(other)) => {
-                return Err(Close::Protocol(format!("first packet was {}, not CONNECT", other.name())));
+                return Err(Close::Protocol(format!(
+                    "first packet was {}, not CONNECT",
+                    other.name()
+                )));
             }
             Ok(None) => {}
-            Err(DecodeError::UnsupportedProtocol(level)) => return Ok(First::UnsupportedProtocol(level)),
+            Err(DecodeError::UnsupportedProtocol(level)) => {
+                return Ok(First::UnsupportedProtocol(level));
+            }
             Err(e) => return Err(Close::Protocol(e.to_string())),
         }
         if rbuf.capacity() - rbuf.len() < 512 {
             rbuf.reserve(1024);
         }
-        let n = reader.read_buf(rbuf).await.map_err(|e| Close::Network(e.to_string()))?;
+        let n = reader
+            .read_buf(rbuf)
+            .await
+            .map_err(|e| Close::Network(e.to_string()))?;
         if n == 0 {
             return Err(Close::PeerClosed);
         }
@@ -74,7 +82,11 @@ pub async fn accept(
 ) -> Result<Accepted, Close> {
     let refuse = |wq: &mut WriteQueue, code: ConnectCode, why: &str| {
         codec::encode_connack(wq.buf(), false, code);
-        broker.metrics.connects_refused.with_label_values(&[refused_label(code)]).inc();
+        broker
+            .metrics
+            .connects_refused
+            .with_label_values(&[refused_label(code)])
+            .inc();
         Close::Refused(format!("{why} (CONNACK {})", code as u8))
     };
 
@@ -85,7 +97,11 @@ pub async fn accept(
 
     let client_id: Arc<str> = if connect.client_id.is_empty() {
         if connect.protocol == Protocol::V31 {
-            return Err(refuse(wq, ConnectCode::IdentifierRejected, "MQTT 3.1 requires a client id"));
+            return Err(refuse(
+                wq,
+                ConnectCode::IdentifierRejected,
+                "MQTT 3.1 requires a client id",
+            ));
         }
         if !connect.clean_session {
             // [MQTT-3.1.3-8]
@@ -97,7 +113,9 @@ pub async fn accept(
         }
         broker.assign_client_id().into()
     } else {
-        if connect.protocol == Protocol::V31 && connect.client_id.chars().count() > MQTT31_MAX_CLIENT_ID {
+        if connect.protocol == Protocol::V31
+            && connect.client_id.chars().count() > MQTT31_MAX_CLIENT_ID
+        {
             return Err(refuse(
                 wq,
                 ConnectCode::IdentifierRejected,
@@ -109,7 +127,12 @@ pub async fn accept(
 
     let opened = match broker
         .sessions
-        .open(client_id.clone(), connect.clean_session, owner, broker.settings.takeover_wait)
+        .open(
+            client_id.clone(),
+            connect.clean_session,
+            owner,
+            broker.settings.takeover_wait,
+        )
         .await
     {
         Ok(o) => o,
@@ -126,7 +149,11 @@ pub async fn accept(
     if let Some(d) = discarded {
         broker.forget(d);
     }
-    codec::encode_connack(wq.buf(), present && !connect.clean_session, ConnectCode::Accepted);
+    codec::encode_connack(
+        wq.buf(),
+        present && !connect.clean_session,
+        ConnectCode::Accepted,
+    );
     Ok(Accepted {
         connect,
         client_id,

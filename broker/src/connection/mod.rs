@@ -160,13 +160,17 @@ pub async fn serve<R, W>(
             let why = handshake::refuse_protocol(&broker, &mut wq, level);
             return end_before_session(&broker, &mut writer, &mut wq, peer, listener, why).await;
         }
-        Err(why) => return end_before_session(&broker, &mut writer, &mut wq, peer, listener, why).await,
+        Err(why) => {
+            return end_before_session(&broker, &mut writer, &mut wq, peer, listener, why).await;
+        }
     };
 
     let owner = Owner::new(broker.next_conn_id());
     let accepted = match handshake::accept(connect, &broker, owner.clone(), &mut wq).await {
         Ok(a) => a,
-        Err(why) => return end_before_session(&broker, &mut writer, &mut wq, peer, listener, why).await,
+        Err(why) => {
+            return end_before_session(&broker, &mut writer, &mut wq, peer, listener, why).await;
+        }
     };
     let mut connect = accepted.connect;
     let present = accepted.opened.present;
@@ -180,7 +184,10 @@ pub async fn serve<R, W>(
         session_present = present,
         "client connected"
     );
-    let gauge = broker.metrics.connections_current.with_label_values(&[listener.as_str()]);
+    let gauge = broker
+        .metrics
+        .connections_current
+        .with_label_values(&[listener.as_str()]);
     gauge.inc();
 
     let mut conn = Connection {
@@ -198,12 +205,23 @@ pub async fn serve<R, W>(
     let keep_alive = (connect.keep_alive > 0)
         .then(|| Duration::from_millis(u64::from(connect.keep_alive) * 1500));
     let why = conn
-        .run(&mut reader, &mut writer, &mut rbuf, keep_alive, &owner, &shutdown)
+        .run(
+            &mut reader,
+            &mut writer,
+            &mut rbuf,
+            keep_alive,
+            &owner,
+            &shutdown,
+        )
         .await;
 
     conn.finish(&mut writer, &owner, &why).await;
     gauge.dec();
-    broker.metrics.disconnects.with_label_values(&[why.label()]).inc();
+    broker
+        .metrics
+        .disconnects
+        .with_label_values(&[why.label()])
+        .inc();
     log_close(&conn.client_id, peer, listener, &why);
 }
 
@@ -233,17 +251,27 @@ async fn end_before_session<W: AsyncWrite + Unpin>(
     match &why {
         Close::Refused(_) => {}
         Close::ConnectTimeout => {
-            broker.metrics.connects_refused.with_label_values(&["connect_timeout"]).inc();
+            broker
+                .metrics
+                .connects_refused
+                .with_label_values(&["connect_timeout"])
+                .inc();
         }
         _ => {
-            broker.metrics.connects_refused.with_label_values(&["bad_connect"]).inc();
+            broker
+                .metrics
+                .connects_refused
+                .with_label_values(&["bad_connect"])
+                .inc();
         }
     }
     match &why {
         Close::Protocol(_) | Close::ConnectTimeout => {
             warn!(%peer, listener = listener.as_str(), reason = %why, "connection closed before CONNECT completed");
         }
-        _ => info!(%peer, listener = listener.as_str(), reason = %why, "connection closed before CONNECT completed"),
+        _ => {
+            info!(%peer, listener = listener.as_str(), reason = %why, "connection closed before CONNECT completed")
+        }
     }
 }
 
@@ -387,7 +415,10 @@ impl Connection {
                 Err(Close::ClientDisconnect)
             }
             Packet::Connect(_) => Err(Close::Protocol("second CONNECT".into())), // [MQTT-3.1.0-2]
-            other => Err(Close::Protocol(format!("{} is a server-to-client packet", other.name()))),
+            other => Err(Close::Protocol(format!(
+                "{} is a server-to-client packet",
+                other.name()
+            ))),
         }
     }
 
@@ -563,7 +594,8 @@ impl Connection {
                 if is_sys_topic(&w.topic) {
                     self.broker.metrics.dropped.sys_topic.inc();
                 } else {
-                    self.broker.publish(&Message::new(w.topic, w.payload, w.qos, w.retain));
+                    self.broker
+                        .publish(&Message::new(w.topic, w.payload, w.qos, w.retain));
                 }
             }
         }

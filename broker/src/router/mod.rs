@@ -203,8 +203,14 @@ mod tests {
         r.subscribe(&session(1), &sub("#"), QoS::AtMostOnce);
         r.subscribe(&session(2), &sub("+/up"), QoS::AtMostOnce);
         r.subscribe(&session(3), &sub("$SYS/#"), QoS::AtMostOnce);
-        assert_eq!(routed(&r, "$SYS/up").keys().copied().collect::<Vec<_>>(), [3]);
-        assert_eq!(routed(&r, "x/up").keys().copied().collect::<Vec<_>>(), [1, 2]);
+        assert_eq!(
+            routed(&r, "$SYS/up").keys().copied().collect::<Vec<_>>(),
+            [3]
+        );
+        assert_eq!(
+            routed(&r, "x/up").keys().copied().collect::<Vec<_>>(),
+            [1, 2]
+        );
     }
 
     #[test]
@@ -239,16 +245,19 @@ mod tests {
     }
 
     fn filter_strategy() -> impl Strategy<Value = String> {
-        prop::collection::vec(prop_oneof!["[ab]", Just("+".to_string()), Just(String::new())], 1..4)
-            .prop_flat_map(|levels| {
-                (Just(levels), any::<bool>()).prop_map(|(mut l, hash)| {
-                    if hash {
-                        l.push("#".into());
-                    }
-                    l.join("/")
-                })
+        prop::collection::vec(
+            prop_oneof!["[ab]", Just("+".to_string()), Just(String::new())],
+            1..4,
+        )
+        .prop_flat_map(|levels| {
+            (Just(levels), any::<bool>()).prop_map(|(mut l, hash)| {
+                if hash {
+                    l.push("#".into());
+                }
+                l.join("/")
             })
-            .prop_filter("filters are not empty", |f| !f.is_empty())
+        })
+        .prop_filter("filters are not empty", |f| !f.is_empty())
     }
 
     proptest! {

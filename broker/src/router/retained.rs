@@ -208,7 +208,10 @@ mod tests {
         assert_eq!(topics(&s, "a/#"), ["a", "a//c", "a/b", "a/b/c"]);
         assert_eq!(topics(&s, "+/b"), ["a/b", "x/b"]);
         assert_eq!(topics(&s, "a/+/c"), ["a//c", "a/b/c"]);
-        assert_eq!(topics(&s, "#"), ["/lead", "a", "a//c", "a/b", "a/b/c", "x/b"]);
+        assert_eq!(
+            topics(&s, "#"),
+            ["/lead", "a", "a//c", "a/b", "a/b/c", "x/b"]
+        );
         assert_eq!(topics(&s, "+/+"), ["/lead", "a/b", "x/b"]);
         assert_eq!(topics(&s, "$SYS/#"), ["$SYS/up"]);
         assert_eq!(topics(&s, "+"), ["a"]);

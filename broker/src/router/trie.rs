@@ -132,14 +132,23 @@ pub struct Node {
 impl Node {
     /// Whether nothing is subscribed at or below this node.
     pub fn is_empty(&self) -> bool {
-        self.children.is_empty() && self.plus.is_none() && self.exact.is_none() && self.multi.is_none()
+        self.children.is_empty()
+            && self.plus.is_none()
+            && self.exact.is_none()
+            && self.multi.is_none()
     }
 
     /// Subscribes `entry` to the filter given as levels. Returns true if new.
     pub fn insert(&mut self, levels: &[&str], group: Option<&str>, entry: Entry) -> bool {
         match levels.split_first() {
-            None => self.exact.get_or_insert_with(Default::default).add(group, entry),
-            Some((&"#", _)) => self.multi.get_or_insert_with(Default::default).add(group, entry),
+            None => self
+                .exact
+                .get_or_insert_with(Default::default)
+                .add(group, entry),
+            Some((&"#", _)) => self
+                .multi
+                .get_or_insert_with(Default::default)
+                .add(group, entry),
             Some((&"+", rest)) => self
                 .plus
                 .get_or_insert_with(Default::default)

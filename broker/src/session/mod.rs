@@ -421,10 +421,22 @@ mod tests {
         assert_eq!(s.deliver(d(QoS::AtLeastOnce, "a"), P), Enqueued::Queued);
         assert_eq!(s.deliver(d(QoS::AtMostOnce, "b"), P), Enqueued::Queued);
         assert_eq!(s.deliver(d(QoS::AtMostOnce, "c"), P), Enqueued::Queued);
-        assert_eq!(s.deliver(d(QoS::AtLeastOnce, "d"), P), Enqueued::QueuedEvictedQos0);
-        assert_eq!(s.deliver(d(QoS::AtLeastOnce, "e"), P), Enqueued::QueuedEvictedQos0);
-        assert_eq!(s.deliver(d(QoS::AtLeastOnce, "f"), P), Enqueued::DroppedQueueFull);
-        assert_eq!(s.deliver(d(QoS::AtMostOnce, "g"), P), Enqueued::DroppedQueueFull);
+        assert_eq!(
+            s.deliver(d(QoS::AtLeastOnce, "d"), P),
+            Enqueued::QueuedEvictedQos0
+        );
+        assert_eq!(
+            s.deliver(d(QoS::AtLeastOnce, "e"), P),
+            Enqueued::QueuedEvictedQos0
+        );
+        assert_eq!(
+            s.deliver(d(QoS::AtLeastOnce, "f"), P),
+            Enqueued::DroppedQueueFull
+        );
+        assert_eq!(
+            s.deliver(d(QoS::AtMostOnce, "g"), P),
+            Enqueued::DroppedQueueFull
+        );
         let mut inbox = s.inbox();
         let order: Vec<_> = std::iter::from_fn(|| inbox.pop())
             .map(|d| d.msg.topic.clone())
@@ -435,7 +447,10 @@ mod tests {
     #[test]
     fn offline_qos0_follows_policy() {
         let s = Session::new(1, "c".into(), true);
-        assert_eq!(s.deliver(d(QoS::AtMostOnce, "a"), P), Enqueued::DroppedOffline);
+        assert_eq!(
+            s.deliver(d(QoS::AtMostOnce, "a"), P),
+            Enqueued::DroppedOffline
+        );
         assert_eq!(s.deliver(d(QoS::AtLeastOnce, "b"), P), Enqueued::Queued);
         let keep = QueuePolicy {
             qos0_offline: true,
@@ -479,8 +494,10 @@ mod tests {
 
     #[test]
     fn packet_ids_skip_zero_and_ids_in_use() {
-        let mut o = Outbound::default();
-        o.next_pkid = u16::MAX - 1;
+        let mut o = Outbound {
+            next_pkid: u16::MAX - 1,
+            ..Outbound::default()
+        };
         let x = o.start(d(QoS::AtLeastOnce, "x")).unwrap();
         assert_eq!(x, u16::MAX);
         let y = o.start(d(QoS::AtLeastOnce, "y")).unwrap();

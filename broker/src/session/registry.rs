@@ -179,7 +179,12 @@ impl Registry {
 
     /// Gives the session back at the end of a connection: parks the state of a persistent
     /// session, discards a clean one. Always signals `owner.released`.
-    pub fn release(&self, session: &Arc<Session>, core: SessionCore, owner: &Owner) -> Option<Discarded> {
+    pub fn release(
+        &self,
+        session: &Arc<Session>,
+        core: SessionCore,
+        owner: &Owner,
+    ) -> Option<Discarded> {
         let mut c = session.control.lock();
         let mine = c.owner.as_ref().is_some_and(|o| o.conn_id == owner.conn_id);
         let mut result = None;
@@ -212,7 +217,8 @@ impl Registry {
             let mut c = s.control.lock();
             let expired = c.owner.is_none()
                 && !c.discarded
-                && c.offline_since.is_some_and(|t| now.duration_since(t) >= after);
+                && c.offline_since
+                    .is_some_and(|t| now.duration_since(t) >= after);
             if expired {
                 c.discarded = true;
                 let core = c.core.take();
@@ -271,7 +277,9 @@ mod tests {
         assert!(!c.present);
         let d = c.discarded.expect("old session discarded");
         assert_eq!(d.subscriptions.len(), 1);
-        let gone = r.release(&c.session, c.core, &o3).expect("clean session discarded");
+        let gone = r
+            .release(&c.session, c.core, &o3)
+            .expect("clean session discarded");
         assert_eq!(gone.session.id(), c.session.id());
         assert!(r.is_empty());
     }
@@ -312,13 +320,18 @@ mod tests {
         let o = Owner::new(1);
         let a = r.open("a".into(), false, o.clone(), W).await.unwrap();
         assert_eq!(
-            r.open("b".into(), false, Owner::new(2), W).await.unwrap_err(),
+            r.open("b".into(), false, Owner::new(2), W)
+                .await
+                .unwrap_err(),
             OpenError::TooManySessions
         );
         r.release(&a.session, a.core, &o);
         assert_eq!(r.counts(), (0, 1));
         assert!(r.expire(Instant::now(), Duration::from_secs(60)).is_empty());
-        let gone = r.expire(Instant::now() + Duration::from_secs(61), Duration::from_secs(60));
+        let gone = r.expire(
+            Instant::now() + Duration::from_secs(61),
+            Duration::from_secs(60),
+        );
         assert_eq!(gone.len(), 1);
         assert!(r.is_empty());
     }
