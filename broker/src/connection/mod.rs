@@ -123,6 +123,10 @@ impl fmt::Display for Close {
 /// backlog stays in the bounded inbox, where overflow is counted, not in an unbounded buffer.
 const HIGH_WATER: usize = 64 * 1024;
 
+/// Bytes queued for the socket above which the client's socket is not read: a client that sends
+/// but does not read (acks pile up) gets TCP backpressure instead of growing our buffer.
+const READ_PAUSE: usize = 4 * HIGH_WATER;
+
 /// Most deliveries taken from the inbox under one lock.
 const BATCH: usize = 128;
 
@@ -332,7 +336,7 @@ impl Connection {
                     notified.set(session.notify().notified());
                     self.pump();
                 }
-                r = reader.read_buf(rbuf) => {
+                r = reader.read_buf(rbuf), if self.wq.len() < READ_PAUSE => {
                     match r {
                         Ok(0) => return Close::PeerClosed,
                         Ok(n) => {
