@@ -189,10 +189,15 @@ impl Broker {
 
     /// Discards offline sessions past their expiry. Returns how many.
     pub fn expire_sessions(&self) -> usize {
+        self.expire_sessions_at(std::time::Instant::now())
+    }
+
+    /// Discards sessions that are past their expiry at `now` (tests pass a future instant).
+    pub fn expire_sessions_at(&self, now: std::time::Instant) -> usize {
         let Some(after) = self.settings.session_expiry else {
             return 0;
         };
-        let gone = self.sessions.expire(std::time::Instant::now(), after);
+        let gone = self.sessions.expire(now, after);
         let n = gone.len();
         for d in gone {
             self.forget(d);

@@ -422,7 +422,11 @@ pub fn decode(buf: &mut BytesMut, max_packet_size: usize) -> Result<Option<Packe
                 return Err(malformed(name, "packet identifier 0"));
             }
             if u.topics.is_empty() {
-                return Err(malformed(name, "no topic filters"));
+                return Err(malformed(name, "no topic filters")); // [MQTT-3.10.3-2]
+            }
+            // The crate checks UTF-8 but not U+0000 [MQTT-1.5.3-2].
+            if u.topics.iter().any(|t| t.contains('\0')) {
+                return Err(malformed(name, "string contains U+0000"));
             }
             Packet::Unsubscribe {
                 pkid: u.pkid,
@@ -966,6 +970,7 @@ mod tests {
             }
         );
         assert!(dec(&[0xA2, 2, 0, 9]).is_err());
+        assert!(dec(&[0xA2, 5, 0, 9, 0, 1, 0]).is_err()); // U+0000
     }
 
     #[test]

@@ -24,7 +24,7 @@ use crate::broker::Broker;
 use crate::codec::{self, Ack, Packet, Publish, QoS, Will};
 use crate::message::{Delivery, Message};
 use crate::session::{Awaiting, KickReason, Owner, Session, SessionCore};
-use crate::topic::{Shown, parse_subscription, validate_name};
+use crate::topic::{Shown, TopicError, parse_subscription, validate_name};
 use handshake::First;
 use outbound::WriteQueue;
 
@@ -310,6 +310,12 @@ impl Connection {
         let mut last_read = Instant::now();
         let far = Duration::from_secs(86_400 * 365);
         let mut keepalive_timer = pin!(tokio::time::sleep(keep_alive.unwrap_or(far)));
+        // Packets that arrived in the same read as the CONNECT: clients may send them before
+        // the CONNACK [MQTT-3.1.4-5 note].
+        if let Err(why) = self.handle_buffered(rbuf) {
+            return why;
+        }
+        self.pump();
         loop {
             if rbuf.capacity() - rbuf.len() < 256 {
                 rbuf.reserve(READ_CHUNK);
@@ -345,16 +351,8 @@ impl Connection {
                         }
                         Err(e) => return Close::Network(e.to_string()),
                     }
-                    loop {
-                        match codec::decode(rbuf, self.broker.settings.max_packet_size) {
-                            Ok(Some(packet)) => {
-                                if let Err(why) = self.handle(packet) {
-                                    return why;
-                                }
-                            }
-                            Ok(None) => break,
-                            Err(e) => return Close::Protocol(e.to_string()),
-                        }
+                    if let Err(why) = self.handle_buffered(rbuf) {
+                        return why;
                     }
                     self.pump();
                 }
@@ -365,6 +363,20 @@ impl Connection {
                     }
                     keepalive_timer.as_mut().reset(last_read + limit);
                 }
+            }
+        }
+    }
+
+    /// Decodes and handles every complete packet in the read buffer.
+    fn handle_buffered(&mut self, rbuf: &mut BytesMut) -> Result<(), Close> {
+        loop {
+            match codec::decode(rbuf, self.broker.settings.max_packet_size) {
+                Ok(Some(packet)) => self.handle(packet)?,
+                Ok(None) => return Ok(()),
+                Err(e @ codec::DecodeError::TooLarge { .. }) => {
+                    return Err(Close::Limit(e.to_string()));
+                }
+                Err(e) => return Err(Close::Protocol(e.to_string())),
             }
         }
     }
@@ -427,8 +439,13 @@ impl Connection {
     }
 
     fn on_publish(&mut self, p: Publish) -> Result<(), Close> {
-        validate_name(&p.topic, &self.broker.settings.topics)
-            .map_err(|e| Close::Protocol(format!("PUBLISH to {:?}: {e}", Shown(&p.topic))))?;
+        validate_name(&p.topic, &self.broker.settings.topics).map_err(|e| {
+            let why = format!("PUBLISH to {:?}: {e}", Shown(&p.topic));
+            match e {
+                TopicError::TooLong(_) | TopicError::TooManyLevels(_) => Close::Limit(why),
+                _ => Close::Protocol(why),
+            }
+        })?;
         let metrics = &self.broker.metrics;
         metrics.received[p.qos as usize].inc();
         let route = |broker: &Broker, p: Publish| {
