@@ -1,0 +1,161 @@
+#!/usr/bin/env bash
+# Runs every test of the repository; on a fresh Debian 12 machine it first installs what the tests
+# need. This is the README's test command and what CI (.ci/run) runs.
+#
+#   1. set-up: mosquitto + mosquitto-clients (apt), paho-mqtt 2.x (pip), rustfmt + clippy; each only
+#      if missing, so a second run is fast
+#   2. cargo fmt --check, cargo clippy -D warnings, cargo test (the whole workspace)
+#   3. cargo build --release --bin hmq, then the interop tests in broker/tests/interop/ against it
+#
+# Fails (non-zero) on the first failing step; a tool that cannot be installed is an error, never a
+# skipped test. Needs root (or sudo) only when something has to be installed.
+#
+# Local use only: HMQ_SKIP_CARGO=1 skips step 2 (fmt, clippy, cargo test), e.g. while other work
+# in the checkout is mid-edit. CI never sets it.
+set -euo pipefail
+trap 'echo "test-all: FAILED (status $?) at line $LINENO: $BASH_COMMAND" >&2' ERR
+cd "$(dirname "$0")/.."
+
+export DEBIAN_FRONTEND=noninteractive
+export CARGO_TERM_COLOR=${CARGO_TERM_COLOR:-never}
+cargo_bin=${CARGO_HOME:-${HOME:-/root}/.cargo}/bin
+[[ :$PATH: == *:$cargo_bin:* || ! -d $cargo_bin ]] || PATH="$cargo_bin:$PATH"
+[[ :$PATH: == *:/usr/sbin:* ]] || PATH="$PATH:/usr/sbin"
+
+started=$SECONDS
+step_started=$SECONDS
+summary=()
+
+section() {
+    step_started=$SECONDS
+    printf '\n==================== %s ====================\n' "$*"
+}
+
+done_section() {
+    summary+=("$(printf '%4d s  %s' $((SECONDS - step_started)) "$1")")
+}
+
+fail() {
+    echo >&2
+    echo "test-all: FAILED: $*" >&2
+    exit 1
+}
+
+# Runs a command as root: directly, or through sudo.
+as_root() {
+    if ((EUID == 0)); then
+        "$@"
+    elif command -v sudo >/dev/null; then
+        sudo -E "$@"
+    else
+        fail "need root (or sudo) to run: $*"
+    fi
+}
+
+apt_updated=0
+apt_install() {
+    command -v apt-get >/dev/null || fail "apt-get not found: install $* by hand"
+    if ((apt_updated == 0)); then
+        as_root apt-get update -qq || fail "apt-get update failed"
+        apt_updated=1
+    fi
+    as_root apt-get install -y -qq --no-install-recommends "$@" || fail "apt-get install $* failed"
+}
+
+have_paho2() {
+    python3 -c 'import sys, paho.mqtt; sys.exit(int(paho.mqtt.__version__.split(".")[0]) < 2)' \
+        2>/dev/null
+}
+
+# ---------------------------------------------------------------------------------------------
+section "1. set-up: tools the tests need"
+
+command -v cargo >/dev/null || fail "cargo not found: install the Rust toolchain (rustup)"
+command -v python3 >/dev/null || fail "python3 not found"
+cargo --version
+for component in rustfmt clippy; do
+    sub=${component/rustfmt/fmt}
+    if ! cargo "$sub" --version >/dev/null 2>&1; then
+        command -v rustup >/dev/null || fail "cargo $sub missing and no rustup to install $component"
+        echo "installing $component"
+        rustup component add "$component" || fail "rustup component add $component failed"
+    fi
+done
+cargo fmt --version
+cargo clippy --version
+
+if ! command -v mosquitto >/dev/null || ! command -v mosquitto_pub >/dev/null ||
+    ! command -v mosquitto_sub >/dev/null; then
+    echo "installing mosquitto and mosquitto-clients (apt)"
+    apt_install mosquitto mosquitto-clients
+    # The package starts a system broker on port 1883 unless policy-rc.d forbids it (Docker
+    # images do): the tests never use 1883, but leave no daemon behind. Best effort.
+    if [[ -d /run/systemd/system ]] && command -v systemctl >/dev/null; then
+        as_root systemctl disable --now mosquitto.service >/dev/null 2>&1 || true
+    elif [[ -x /etc/init.d/mosquitto ]]; then
+        as_root /etc/init.d/mosquitto stop >/dev/null 2>&1 || true
+    fi
+fi
+for tool in mosquitto mosquitto_pub mosquitto_sub; do
+    command -v "$tool" >/dev/null || fail "$tool still missing after installation"
+done
+{ mosquitto_pub --help || true; } | sed -n 2p # --help exits 1
+
+if ! python3 -m pip --version >/dev/null 2>&1; then
+    echo "installing pip (apt)"
+    apt_install python3-pip
+fi
+if ! have_paho2; then
+    echo "installing paho-mqtt 2.x (pip)"
+    pip_args=(install -q --disable-pip-version-check 'paho-mqtt>=2,<3')
+    # Debian's own python3 is "externally managed" (PEP 668): pip refuses unless told otherwise.
+    if python3 -c 'import os, sys, sysconfig
+sys.exit(not os.path.exists(os.path.join(sysconfig.get_path("stdlib"), "EXTERNALLY-MANAGED")))'; then
+        pip_args+=(--break-system-packages)
+    fi
+    if ((EUID == 0)); then
+        pip_args+=(--root-user-action=ignore)
+    elif python3 -c 'import sys; sys.exit(sys.prefix != sys.base_prefix)'; then
+        pip_args+=(--user) # not root and not in a virtualenv
+    fi
+    python3 -m pip "${pip_args[@]}" || fail "pip install paho-mqtt failed"
+fi
+have_paho2 || fail "paho-mqtt 2.x still not importable by python3 after installation"
+python3 -c 'import paho.mqtt; print("paho-mqtt", paho.mqtt.__version__)'
+done_section "set-up"
+
+# ---------------------------------------------------------------------------------------------
+if [[ ${HMQ_SKIP_CARGO:-} == 1 ]]; then
+    section "2. SKIPPED: cargo fmt / clippy / test (HMQ_SKIP_CARGO=1, local use only)"
+    echo "WARNING: HMQ_SKIP_CARGO=1: fmt, clippy and cargo test did NOT run" >&2
+    summary+=("   - s  SKIPPED fmt, clippy, cargo test (HMQ_SKIP_CARGO=1)")
+else
+    section "2a. cargo fmt --all -- --check"
+    cargo fmt --all -- --check || fail "formatting differs: run cargo fmt --all"
+    done_section "cargo fmt --check"
+
+    section "2b. cargo clippy --workspace --all-targets -- -D warnings"
+    cargo clippy --workspace --all-targets -- -D warnings || fail "clippy"
+    done_section "cargo clippy"
+
+    section "2c. cargo test --workspace"
+    cargo test --workspace || fail "cargo test"
+    done_section "cargo test"
+fi
+
+# ---------------------------------------------------------------------------------------------
+section "3a. cargo build --release --bin hmq"
+cargo build --release --bin hmq || fail "release build"
+HMQ_BIN="${CARGO_TARGET_DIR:-$PWD/target}/release/hmq"
+[[ -x $HMQ_BIN ]] || fail "release binary $HMQ_BIN not found after the build"
+export HMQ_BIN
+done_section "release build"
+
+section "3b. interop tests (broker/tests/interop) against $HMQ_BIN"
+broker/tests/interop/run.sh || fail "interop tests"
+done_section "interop tests"
+
+# ---------------------------------------------------------------------------------------------
+section "summary"
+printf '%s\n' "${summary[@]}"
+echo "test-all: all tests passed in $((SECONDS - started)) s"
