@@ -115,6 +115,22 @@ pub struct Config {
     /// Queue QoS 0 messages for offline persistent sessions, as well as QoS 1 and 2. Default
     /// false (as Mosquitto).
     pub queue_qos0_offline: bool,
+    /// Accept clients that send no user name (and, with `tlsInfo.useIdentityAsUsername`, no
+    /// certificate identity). Default true (as hmq). False requires `passwordFile` or
+    /// `tlsInfo.useIdentityAsUsername`.
+    pub allow_anonymous: bool,
+    /// Password file: one `user:hash` line per user, written by `hmq passwd`. Clients that send
+    /// a user name must match an entry. Default unset (user names are not checked).
+    #[serde(deserialize_with = "de::optional_path")]
+    pub password_file: Option<PathBuf>,
+    /// Expect a PROXY protocol (v1 or v2) header on every TCP and TLS connection and take the
+    /// client address from it (for load balancers that speak it). Default false.
+    pub proxy_protocol: bool,
+    /// On the WebSocket listeners, take the client address from the last `X-Forwarded-For`
+    /// entry (set by a trusted reverse proxy). Default false: the peer address is used.
+    pub ws_forwarded_for: bool,
+    /// Seconds between `$SYS/broker/...` statistics publications; 0 = off. Default 10.
+    pub sys_interval: u64,
 }
 
 /// The inter-broker (cluster) listener.
@@ -163,6 +179,10 @@ pub struct TlsInfo {
     /// PEM file of the server private key. Default unset.
     #[serde(deserialize_with = "de::optional_path")]
     pub key_file: Option<PathBuf>,
+    /// With `verify`, use the client certificate's identity (the first DNS or e-mail subject
+    /// alternative name, else the subject common name) as the client's user name for
+    /// authentication and the ACL, like Mosquitto's `use_identity_as_username`. Default false.
+    pub use_identity_as_username: bool,
 }
 
 impl Default for Config {
@@ -199,6 +219,11 @@ impl Default for Config {
             max_sessions: 1_000_000,
             session_expiry: 7200,
             queue_qos0_offline: false,
+            allow_anonymous: true,
+            password_file: None,
+            proxy_protocol: false,
+            ws_forwarded_for: false,
+            sys_interval: 10,
         }
     }
 }
@@ -331,6 +356,7 @@ mod tests {
                 ca_file: Some("tls/ca/cacert.pem".into()),
                 cert_file: Some("tls/server/cert.pem".into()),
                 key_file: Some("tls/server/key.pem".into()),
+                use_identity_as_username: false,
             },
             acl: true,
             acl_conf: Some("conf/acl.conf".into()),

@@ -30,7 +30,27 @@ pub(super) fn check(config: &Config) -> Result<(), ConfigError> {
         ));
     }
     check_plugins(config.plugins.as_ref())?;
+    check_auth(config)?;
     check_limits(config)
+}
+
+fn check_auth(config: &Config) -> Result<(), ConfigError> {
+    if config.tls_info.use_identity_as_username && !config.tls_info.verify {
+        return Err(ConfigError::for_key(
+            "tlsInfo.useIdentityAsUsername",
+            "requires tlsInfo.verify (client certificates)",
+        ));
+    }
+    if !config.allow_anonymous
+        && config.password_file.is_none()
+        && !config.tls_info.use_identity_as_username
+    {
+        return Err(ConfigError::for_key(
+            "allowAnonymous",
+            "false requires passwordFile or tlsInfo.useIdentityAsUsername, or no client could connect",
+        ));
+    }
+    Ok(())
 }
 
 /// An IP address literal or a syntactically valid host name (RFC 1123).
@@ -209,6 +229,29 @@ fn check_limits(config: &Config) -> Result<(), ConfigError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn auth_rules() {
+        let mut c = Config {
+            allow_anonymous: false,
+            ..Config::default()
+        };
+        assert_eq!(
+            check(&c).unwrap_err().key.as_deref(),
+            Some("allowAnonymous")
+        );
+        c.password_file = Some("passwd".into());
+        assert_eq!(check(&c), Ok(()));
+        c.password_file = None;
+        c.tls_info.use_identity_as_username = true;
+        assert_eq!(
+            check(&c).unwrap_err().key.as_deref(),
+            Some("tlsInfo.useIdentityAsUsername")
+        );
+        c.tls_info.verify = true;
+        c.tls_info.ca_file = Some("ca.pem".into());
+        assert_eq!(check(&c), Ok(()));
+    }
 
     #[test]
     fn hosts() {
