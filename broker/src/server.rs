@@ -92,6 +92,15 @@ fn check_supported(c: &Config) -> Result<(), ServerError> {
     if c.cluster.port.is_some() {
         return unsupported("cluster.port", "clustering");
     }
+    if c.password_file.is_some() || !c.allow_anonymous {
+        return unsupported("passwordFile", "authentication");
+    }
+    if c.proxy_protocol {
+        return unsupported("proxyProtocol", "the PROXY protocol");
+    }
+    if c.ws_forwarded_for {
+        return unsupported("wsForwardedFor", "X-Forwarded-For");
+    }
     if c.http_port.is_some() {
         return unsupported("httpPort", "the HTTP (metrics and health) listener");
     }
