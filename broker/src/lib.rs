@@ -18,3 +18,4 @@ pub mod router;
 pub mod server;
 pub mod session;
 pub mod topic;
+pub mod transport;

@@ -45,6 +45,8 @@ pub struct Metrics {
     pub dropped: Dropped,
     /// Retained messages not stored because `maxRetainedMessages` was reached.
     pub retained_refused: IntCounter,
+    /// TLS handshakes that failed or timed out.
+    pub tls_handshake_failures: IntCounter,
 }
 
 impl Metrics {
@@ -123,6 +125,10 @@ impl Metrics {
             retained_refused: counter(
                 "retained_refused_total",
                 "Retained messages not stored because maxRetainedMessages was reached.",
+            ),
+            tls_handshake_failures: counter(
+                "tls_handshake_failures_total",
+                "TLS handshakes that failed or timed out.",
             ),
             connections_current,
             registry,

@@ -8,6 +8,7 @@ use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 use tokio::time::Instant;
@@ -17,7 +18,9 @@ use tracing::{debug, error, info, warn};
 
 use crate::broker::Broker;
 use crate::config::Config;
-use crate::connection::{self, ListenerKind};
+use crate::connection::{self, ConnInfo, ListenerKind};
+use crate::transport::tls::{TlsAcceptor, TlsError};
+use crate::transport::{proxy, ws};
 
 /// How long `run` waits for connections to close after shutdown begins.
 const DRAIN_DEADLINE: Duration = Duration::from_secs(10);
@@ -48,6 +51,9 @@ pub enum ServerError {
         /// Cause.
         source: io::Error,
     },
+    /// The TLS certificate or key could not be loaded.
+    #[error("tlsInfo: {0}")]
+    Tls(#[source] TlsError),
     /// Binding a listener failed.
     #[error("cannot listen on {addr} ({key}): {source}")]
     Bind {
@@ -64,8 +70,18 @@ pub enum ServerError {
 #[derive(Debug)]
 pub struct Server {
     broker: Arc<Broker>,
-    tcp: TcpListener,
+    listeners: Vec<(ListenerKind, TcpListener)>,
+    transport: Arc<TransportConfig>,
     max_connections: usize,
+}
+
+/// What the accept side needs to turn a TCP connection into an MQTT byte stream.
+#[derive(Debug)]
+struct TransportConfig {
+    tls: Option<TlsAcceptor>,
+    ws_path: String,
+    ws_forwarded_for: bool,
+    proxy_protocol: bool,
 }
 
 /// Refuses configuration that turns on features later versions bring, rather than ignoring it.
@@ -123,28 +139,65 @@ async fn resolve(key: &'static str, host: &str, port: u16) -> Result<SocketAddr,
     })
 }
 
+async fn bind_one(key: &'static str, host: &str, port: u16) -> Result<TcpListener, ServerError> {
+    let addr = resolve(key, host, port).await?;
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| ServerError::Bind { key, addr, source })
+}
+
 impl Server {
-    /// Validates what this version serves and binds the listeners.
+    /// Validates what this version serves, loads the TLS material and binds the listeners.
     pub async fn bind(config: &Config) -> Result<Server, ServerError> {
         check_supported(config)?;
-        let addr = resolve("host", &config.host, config.port.0).await?;
-        let tcp = TcpListener::bind(addr)
-            .await
-            .map_err(|source| ServerError::Bind {
-                key: "port",
-                addr,
-                source,
-            })?;
+        let tls = if config.tls_port.is_some() || config.ws_tls {
+            Some(TlsAcceptor::from_config(&config.tls_info).map_err(ServerError::Tls)?)
+        } else {
+            None
+        };
+        let mut listeners = vec![(
+            ListenerKind::Tcp,
+            bind_one("port", &config.host, config.port.0).await?,
+        )];
+        if let Some(port) = config.tls_port {
+            listeners.push((
+                ListenerKind::Tls,
+                bind_one("tlsPort", &config.tls_host, port.0).await?,
+            ));
+        }
+        if let Some(port) = config.ws_port {
+            let kind = if config.ws_tls {
+                ListenerKind::Wss
+            } else {
+                ListenerKind::Ws
+            };
+            listeners.push((kind, bind_one("wsPort", &config.host, port.0).await?));
+        }
         Ok(Server {
             broker: Arc::new(Broker::new(config)),
-            tcp,
+            listeners,
+            transport: Arc::new(TransportConfig {
+                tls,
+                ws_path: config.ws_path.clone(),
+                ws_forwarded_for: config.ws_forwarded_for,
+                proxy_protocol: config.proxy_protocol,
+            }),
             max_connections: config.max_connections,
         })
     }
 
     /// The address the MQTT TCP listener is bound to (useful with port 0).
     pub fn local_addr(&self) -> io::Result<SocketAddr> {
-        self.tcp.local_addr()
+        self.listener_addr(ListenerKind::Tcp)
+            .ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, "no TCP listener"))
+    }
+
+    /// The address of the listener of `kind`, if it is configured.
+    pub fn listener_addr(&self, kind: ListenerKind) -> Option<SocketAddr> {
+        self.listeners
+            .iter()
+            .find(|(k, _)| *k == kind)
+            .and_then(|(_, l)| l.local_addr().ok())
     }
 
     /// The shared broker state (metrics, sessions) for inspection.
@@ -157,7 +210,8 @@ impl Server {
     pub async fn run(self, shutdown: CancellationToken) -> Result<(), ServerError> {
         let Server {
             broker,
-            tcp,
+            listeners,
+            transport,
             max_connections,
         } = self;
         let tracker = TaskTracker::new();
@@ -166,72 +220,31 @@ impl Server {
         } else {
             max_connections
         };
-        let limit = Arc::new(Semaphore::new(permits));
-        if let Ok(addr) = tcp.local_addr() {
-            info!(%addr, listener = "tcp", "listening for MQTT");
+        let accept = Arc::new(Accept {
+            broker: broker.clone(),
+            transport,
+            limit: Arc::new(Semaphore::new(permits)),
+            tracker: tracker.clone(),
+            shutdown: shutdown.clone(),
+            max_connections,
+        });
+        if let Some(tls) = &accept.transport.tls {
+            tls.spawn_reloader(shutdown.clone());
         }
+        let sweeper = tokio::spawn(sweep_sessions(broker.clone(), shutdown.clone()));
 
-        let sweeper = {
-            let broker = broker.clone();
-            let shutdown = shutdown.clone();
-            tokio::spawn(async move {
-                let mut tick = tokio::time::interval(EXPIRY_SWEEP);
-                loop {
-                    tokio::select! {
-                        _ = tick.tick() => {
-                            let n = broker.expire_sessions();
-                            if n > 0 {
-                                info!(sessions = n, "expired offline sessions");
-                            }
-                        }
-                        _ = shutdown.cancelled() => break,
-                    }
-                }
-            })
-        };
-
-        let mut last_limit_log: Option<Instant> = None;
-        loop {
-            let (stream, peer) = tokio::select! {
-                _ = shutdown.cancelled() => break,
-                r = tcp.accept() => match r {
-                    Ok(pair) => pair,
-                    Err(e) => {
-                        // Typically EMFILE/ENFILE: back off instead of spinning on the error.
-                        error!(error = %e, "accept failed");
-                        tokio::time::sleep(Duration::from_millis(100)).await;
-                        continue;
-                    }
-                },
-            };
-            let Ok(permit) = limit.clone().try_acquire_owned() else {
-                broker
-                    .metrics
-                    .connects_refused
-                    .with_label_values(&["max_connections"])
-                    .inc();
-                if last_limit_log.is_none_or(|t| t.elapsed() >= Duration::from_secs(1)) {
-                    warn!(%peer, max_connections, "connection refused: maxConnections reached");
-                    last_limit_log = Some(Instant::now());
-                }
-                drop(stream);
-                continue;
-            };
-            broker
-                .metrics
-                .connections_total
-                .with_label_values(&[ListenerKind::Tcp.as_str()])
-                .inc();
-            let broker = broker.clone();
-            let shutdown = shutdown.clone();
-            tracker.spawn(async move {
-                serve_tcp(stream, peer, broker, shutdown).await;
-                drop(permit);
-            });
+        let mut accepters = Vec::new();
+        for (kind, listener) in listeners {
+            if let Ok(addr) = listener.local_addr() {
+                info!(%addr, listener = kind.as_str(), "listening for MQTT");
+            }
+            accepters.push(tokio::spawn(accept.clone().accept_loop(kind, listener)));
+        }
+        for a in accepters {
+            let _ = a.await;
         }
 
         info!("shutting down: closing connections");
-        drop(tcp);
         tracker.close();
         if tokio::time::timeout(DRAIN_DEADLINE, tracker.wait())
             .await
@@ -248,15 +261,171 @@ impl Server {
     }
 }
 
-async fn serve_tcp(
-    stream: TcpStream,
-    peer: SocketAddr,
-    broker: Arc<Broker>,
-    shutdown: CancellationToken,
-) {
-    if let Err(e) = stream.set_nodelay(true) {
-        debug!(%peer, error = %e, "set_nodelay failed");
+/// Discards expired offline sessions every `EXPIRY_SWEEP` until shutdown.
+async fn sweep_sessions(broker: Arc<Broker>, shutdown: CancellationToken) {
+    let mut tick = tokio::time::interval(EXPIRY_SWEEP);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {
+                let n = broker.expire_sessions();
+                if n > 0 {
+                    info!(sessions = n, "expired offline sessions");
+                }
+            }
+            _ = shutdown.cancelled() => return,
+        }
     }
-    let (reader, writer) = stream.into_split();
-    connection::serve(reader, writer, peer, ListenerKind::Tcp, broker, shutdown).await;
+}
+
+/// Everything the accept loops share.
+#[derive(Debug)]
+struct Accept {
+    broker: Arc<Broker>,
+    transport: Arc<TransportConfig>,
+    limit: Arc<Semaphore>,
+    tracker: TaskTracker,
+    shutdown: CancellationToken,
+    max_connections: usize,
+}
+
+impl Accept {
+    /// Accepts on one listener until shutdown; each connection gets its own task.
+    async fn accept_loop(self: Arc<Self>, kind: ListenerKind, listener: TcpListener) {
+        let mut last_limit_log: Option<Instant> = None;
+        loop {
+            let (stream, peer) = tokio::select! {
+                _ = self.shutdown.cancelled() => return,
+                r = listener.accept() => match r {
+                    Ok(pair) => pair,
+                    Err(e) => {
+                        // Typically EMFILE/ENFILE: back off instead of spinning on the error.
+                        error!(error = %e, listener = kind.as_str(), "accept failed");
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                        continue;
+                    }
+                },
+            };
+            let metrics = &self.broker.metrics;
+            let Ok(permit) = self.limit.clone().try_acquire_owned() else {
+                metrics
+                    .connects_refused
+                    .with_label_values(&["max_connections"])
+                    .inc();
+                if last_limit_log.is_none_or(|t| t.elapsed() >= Duration::from_secs(1)) {
+                    warn!(%peer, max_connections = self.max_connections, "connection refused: maxConnections reached");
+                    last_limit_log = Some(Instant::now());
+                }
+                drop(stream);
+                continue;
+            };
+            metrics
+                .connections_total
+                .with_label_values(&[kind.as_str()])
+                .inc();
+            let info = ConnInfo {
+                peer,
+                listener: kind,
+                cert_identity: None,
+                deadline: Instant::now() + self.broker.settings.connect_timeout,
+            };
+            let this = self.clone();
+            self.tracker.spawn(async move {
+                this.serve(stream, info).await;
+                drop(permit);
+            });
+        }
+    }
+
+    /// Runs the transport handshakes (PROXY header, TLS, WebSocket) within the connect
+    /// deadline, then serves MQTT.
+    async fn serve(&self, mut stream: TcpStream, mut info: ConnInfo) {
+        if let Err(e) = stream.set_nodelay(true) {
+            debug!(peer = %info.peer, error = %e, "set_nodelay failed");
+        }
+        let kind = info.listener;
+        let transport = &self.transport;
+        if transport.proxy_protocol && matches!(kind, ListenerKind::Tcp | ListenerKind::Tls) {
+            match tokio::time::timeout_at(info.deadline, proxy::read_header(&mut stream)).await {
+                Ok(Ok(Some(addr))) => info.peer = addr,
+                Ok(Ok(None)) => {}
+                Ok(Err(e)) => return self.refused(&info, "PROXY header", &e.to_string()),
+                Err(_) => return self.refused(&info, "PROXY header", "timed out"),
+            }
+        }
+        match kind {
+            ListenerKind::Tcp => {
+                let (r, w) = stream.into_split();
+                self.mqtt(r, w, info).await;
+            }
+            ListenerKind::Ws => self.websocket(stream, info).await,
+            ListenerKind::Tls | ListenerKind::Wss => {
+                let Some(tls) = &transport.tls else {
+                    return self.refused(&info, "TLS", "no TLS configuration");
+                };
+                let handshake = tokio::time::timeout_at(info.deadline, tls.accept(stream)).await;
+                let (tls_stream, identity) = match handshake {
+                    Ok(Ok(pair)) => pair,
+                    Ok(Err(e)) => {
+                        self.broker.metrics.tls_handshake_failures.inc();
+                        return self.refused(&info, "TLS handshake", &e.to_string());
+                    }
+                    Err(_) => {
+                        self.broker.metrics.tls_handshake_failures.inc();
+                        return self.refused(&info, "TLS handshake", "timed out");
+                    }
+                };
+                info.cert_identity = identity;
+                if kind == ListenerKind::Tls {
+                    let (r, w) = tokio::io::split(tls_stream);
+                    self.mqtt(r, w, info).await;
+                } else {
+                    self.websocket(tls_stream, info).await;
+                }
+            }
+        }
+    }
+
+    async fn websocket<S>(&self, stream: S, mut info: ConnInfo)
+    where
+        S: AsyncRead + AsyncWrite + Unpin + Send,
+    {
+        let t = &self.transport;
+        let upgrade = ws::accept(stream, &t.ws_path, t.ws_forwarded_for);
+        match tokio::time::timeout_at(info.deadline, upgrade).await {
+            Ok(Ok((ws, forwarded))) => {
+                if let Some(ip) = forwarded {
+                    info.peer = SocketAddr::new(ip, info.peer.port());
+                }
+                let (r, w) = tokio::io::split(ws);
+                self.mqtt(r, w, info).await;
+            }
+            Ok(Err(e)) => self.refused(&info, "WebSocket upgrade", &e.to_string()),
+            Err(_) => self.refused(&info, "WebSocket upgrade", "timed out"),
+        }
+    }
+
+    async fn mqtt<R, W>(&self, reader: R, writer: W, info: ConnInfo)
+    where
+        R: AsyncRead + Unpin + Send,
+        W: AsyncWrite + Unpin + Send,
+    {
+        connection::serve(
+            reader,
+            writer,
+            info,
+            self.broker.clone(),
+            self.shutdown.clone(),
+        )
+        .await;
+    }
+
+    /// Counts and logs a connection that failed before MQTT started.
+    fn refused(&self, info: &ConnInfo, what: &str, error: &str) {
+        self.broker
+            .metrics
+            .connects_refused
+            .with_label_values(&["transport_handshake"])
+            .inc();
+        info!(peer = %info.peer, listener = info.listener.as_str(), error, "{what} failed");
+    }
 }

@@ -136,24 +136,39 @@ const READ_CHUNK: usize = 4096;
 /// Time allowed for the last writes (CONNACK refusal, pending acks) when a connection closes.
 const FINAL_FLUSH: Duration = Duration::from_secs(2);
 
+/// What the listener knows about a connection before MQTT starts.
+#[derive(Debug, Clone)]
+pub struct ConnInfo {
+    /// The client's address: the socket peer, or what a trusted PROXY header or
+    /// `X-Forwarded-For` said when those are enabled.
+    pub peer: SocketAddr,
+    /// The listener it came in on.
+    pub listener: ListenerKind,
+    /// Identity from a verified client certificate (for `useIdentityAsUsername`).
+    pub cert_identity: Option<String>,
+    /// When the CONNECT must have arrived: accept time + `connectTimeout`, so TLS and WebSocket
+    /// handshakes count against the same budget.
+    pub deadline: tokio::time::Instant,
+}
+
 /// Serves one client connection until it ends. `reader` and `writer` are the two halves of the
-/// transport (TCP now; TLS and WebSocket later).
+/// transport (TCP, TLS or WebSocket, already handshaken).
 pub async fn serve<R, W>(
     mut reader: R,
     mut writer: W,
-    peer: SocketAddr,
-    listener: ListenerKind,
+    info: ConnInfo,
     broker: Arc<Broker>,
     shutdown: CancellationToken,
 ) where
     R: AsyncRead + Unpin + Send,
     W: AsyncWrite + Unpin + Send,
 {
+    let ConnInfo { peer, listener, .. } = info;
     let mut rbuf = BytesMut::new();
     let mut wq = WriteQueue::default();
     let first = tokio::select! {
-        r = tokio::time::timeout(
-            broker.settings.connect_timeout,
+        r = tokio::time::timeout_at(
+            info.deadline,
             handshake::read_first(&mut reader, &mut rbuf, &broker),
         ) => r.unwrap_or(Err(Close::ConnectTimeout)),
         _ = shutdown.cancelled() => Err(Close::Shutdown),
@@ -241,7 +256,7 @@ fn log_close(client_id: &str, peer: SocketAddr, listener: ListenerKind, why: &Cl
 
 /// Ends a connection that never got a session: flush a refusal CONNACK if one is queued, log,
 /// count.
-async fn end_before_session<W: AsyncWrite + Unpin>(
+pub(crate) async fn end_before_session<W: AsyncWrite + Unpin>(
     broker: &Broker,
     writer: &mut W,
     wq: &mut WriteQueue,
