@@ -2,11 +2,13 @@
 //! registry and the metrics, plus the operations that touch more than one of them (publish a
 //! message, subscribe with retained delivery, forget a discarded session).
 
+use arc_swap::ArcSwap;
 use bytes::Bytes;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+use crate::acl::{Acl, ClientAcl, SubscribeCheck};
 use crate::codec::QoS;
 use crate::config::Config;
 use crate::message::{Delivery, Message};
@@ -15,7 +17,7 @@ use crate::router::Router;
 use crate::router::retained::{Retained, RetainedStore};
 use crate::session::registry::{Discarded, Registry};
 use crate::session::store::MemoryStore;
-use crate::session::{Enqueued, QueuePolicy, Session};
+use crate::session::{ClientIdentity, Enqueued, QueuePolicy, Session};
 use crate::topic::{Subscription, TopicLimits, parse_subscription};
 
 /// Number of shards of the subscription trie and of the retained store.
@@ -42,6 +44,8 @@ pub struct Settings {
     pub session_expiry: Option<Duration>,
     /// How long a takeover waits for the previous connection to let go.
     pub takeover_wait: Duration,
+    /// The client certificate's identity is the user name.
+    pub use_identity_as_username: bool,
 }
 
 impl Settings {
@@ -63,6 +67,7 @@ impl Settings {
             max_subscriptions: c.max_subscriptions_per_client,
             session_expiry: (c.session_expiry > 0).then(|| Duration::from_secs(c.session_expiry)),
             takeover_wait: Duration::from_secs(10),
+            use_identity_as_username: c.tls_info.use_identity_as_username,
         }
     }
 }
@@ -80,6 +85,10 @@ pub struct Broker {
     pub sessions: Registry,
     /// Metrics.
     pub metrics: Metrics,
+    /// The ACL, when `acl` is on.
+    acl: Option<ArcSwap<Acl>>,
+    /// Bumped to ask the background tasks to re-read their files now (SIGHUP).
+    pub reload: tokio::sync::watch::Sender<u64>,
     next_conn_id: AtomicU64,
     next_auto_id: AtomicU64,
     /// Distinguishes assigned client ids of this process from a previous one's.
@@ -87,8 +96,8 @@ pub struct Broker {
 }
 
 impl Broker {
-    /// A broker with empty state.
-    pub fn new(config: &Config) -> Broker {
+    /// A broker with empty state; `acl` is the parsed ACL when the ACL is on.
+    pub fn new(config: &Config, acl: Option<Acl>) -> Broker {
         let boot = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_nanos() as u64)
@@ -99,6 +108,8 @@ impl Broker {
             retained: RetainedStore::new(SHARDS, config.max_retained_messages),
             sessions: Registry::new(Box::new(MemoryStore::default()), config.max_sessions),
             metrics: Metrics::new(),
+            acl: acl.map(ArcSwap::from_pointee),
+            reload: tokio::sync::watch::Sender::new(0),
             next_conn_id: AtomicU64::new(1),
             next_auto_id: AtomicU64::new(1),
             boot,
@@ -116,6 +127,37 @@ impl Broker {
         format!("auto-{:x}-{n:x}", self.boot & 0xFFFF_FFFF)
     }
 
+    /// The ACL compiled for one client (allow-all when the ACL is off).
+    pub fn client_acl(&self, who: &ClientIdentity) -> ClientAcl {
+        match &self.acl {
+            Some(acl) => acl.load().for_client(&who.as_acl()),
+            None => ClientAcl::allow_all(),
+        }
+    }
+
+    /// Whether the ACL is on.
+    pub fn acl_enabled(&self) -> bool {
+        self.acl.is_some()
+    }
+
+    /// Installs a new ACL without dropping connections: every session gets its rules compiled
+    /// again and every subscription is classified again. While that runs, subscriptions are
+    /// first all switched to per-message checks, so no message slips through on a stale
+    /// classification.
+    pub fn reload_acl(&self, acl: Acl) {
+        let Some(slot) = &self.acl else { return };
+        self.router.reclassify(|_, _| true);
+        slot.store(Arc::new(acl));
+        for session in self.sessions.all() {
+            if let Some(who) = session.identity() {
+                session.set_acl(self.client_acl(&who));
+            }
+        }
+        self.router.reclassify(|session, filter| {
+            session.acl().subscribe(filter) != SubscribeCheck::Allow
+        });
+    }
+
     /// Routes a message to every matching session and stores it if retained. Returns the number
     /// of sessions it was offered to.
     pub fn publish(&self, msg: &Arc<Message>) -> usize {
@@ -124,7 +166,11 @@ impl Broker {
         }
         let policy = self.settings.queue;
         let dropped = &self.metrics.dropped;
-        let n = self.router.route(&msg.topic, |session, granted| {
+        let n = self.router.route(&msg.topic, |session, granted, check| {
+            if check && !session.acl().can_receive(&msg.topic) {
+                self.metrics.acl_denied.receive.inc();
+                return;
+            }
             let d = Delivery {
                 msg: msg.clone(),
                 qos: msg.qos.min(granted),
@@ -158,15 +204,19 @@ impl Broker {
 
     /// Adds a subscription and queues the matching retained messages (RETAIN=1, at
     /// min(retained QoS, granted QoS)) for the subscriber. Shared subscriptions get no retained
-    /// messages.
-    pub fn subscribe(&self, session: &Arc<Session>, sub: &Subscription<'_>, qos: QoS) {
-        self.router.subscribe(session, sub, qos);
+    /// messages. `check`: the filter needs a per-message ACL check.
+    pub fn subscribe(&self, session: &Arc<Session>, sub: &Subscription<'_>, qos: QoS, check: bool) {
+        self.router.subscribe(session, sub, qos, check);
         if sub.group.is_some() {
             return;
         }
         let mut found = Vec::new();
         self.retained.matching(sub.filter, &mut found);
+        let acl = session.acl();
         for msg in found {
+            if check && !acl.can_receive(&msg.topic) {
+                continue;
+            }
             let d = Delivery {
                 qos: msg.qos.min(qos),
                 msg,

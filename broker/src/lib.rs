@@ -7,6 +7,7 @@
 //! the Kubernetes operator.
 #![warn(missing_docs)]
 
+pub mod acl;
 pub mod broker;
 pub mod cli;
 pub mod codec;
@@ -19,3 +20,4 @@ pub mod server;
 pub mod session;
 pub mod topic;
 pub mod transport;
+pub mod watch;

@@ -3,8 +3,10 @@
 
 use std::io::IsTerminal;
 use std::process::ExitCode;
+use std::sync::Arc;
 
 use anyhow::Context;
+use hmq::broker::Broker;
 use hmq::cli::{self, Command};
 use hmq::config::Config;
 use hmq::server::Server;
@@ -74,26 +76,36 @@ fn run(config: Config) -> anyhow::Result<()> {
     runtime.block_on(async {
         let server = Server::bind(&config).await?;
         let shutdown = CancellationToken::new();
-        tokio::spawn(watch_signals(shutdown.clone()));
+        tokio::spawn(watch_signals(server.broker(), shutdown.clone()));
         info!(version = env!("CARGO_PKG_VERSION"), "hmq starting");
         server.run(shutdown).await?;
         Ok(())
     })
 }
 
-/// Cancels `shutdown` on SIGTERM or SIGINT.
-async fn watch_signals(shutdown: CancellationToken) {
+/// Cancels `shutdown` on SIGTERM or SIGINT; on SIGHUP asks for the reloadable files (ACL,
+/// password file) to be read again.
+async fn watch_signals(broker: Arc<Broker>, shutdown: CancellationToken) {
     use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut term), Ok(mut int)) = (
+    let (Ok(mut term), Ok(mut int), Ok(mut hup)) = (
         signal(SignalKind::terminate()),
         signal(SignalKind::interrupt()),
+        signal(SignalKind::hangup()),
     ) else {
         warn!("cannot install signal handlers; stop the broker with SIGKILL");
         return;
     };
-    tokio::select! {
-        _ = term.recv() => info!("SIGTERM received"),
-        _ = int.recv() => info!("SIGINT received"),
+    loop {
+        tokio::select! {
+            _ = term.recv() => info!("SIGTERM received"),
+            _ = int.recv() => info!("SIGINT received"),
+            _ = hup.recv() => {
+                info!("SIGHUP received: reloading files");
+                broker.reload.send_modify(|generation| *generation += 1);
+                continue;
+            }
+        }
+        shutdown.cancel();
+        return;
     }
-    shutdown.cancel();
 }

@@ -18,6 +18,19 @@ pub struct Dropped {
     pub offline_qos0: IntCounter,
     /// A client tried to publish to a `$SYS` topic.
     pub sys_topic: IntCounter,
+    /// The ACL denied the publisher.
+    pub acl: IntCounter,
+}
+
+/// ACL denials by action.
+#[derive(Debug, Clone)]
+pub struct AclDenied {
+    /// PUBLISH (and wills) refused.
+    pub publish: IntCounter,
+    /// SUBSCRIBE filters refused (SUBACK 0x80).
+    pub subscribe: IntCounter,
+    /// Messages not delivered through a subscription that straddles allowed and denied topics.
+    pub receive: IntCounter,
 }
 
 /// All broker metrics.
@@ -47,6 +60,10 @@ pub struct Metrics {
     pub retained_refused: IntCounter,
     /// TLS handshakes that failed or timed out.
     pub tls_handshake_failures: IntCounter,
+    /// ACL denials.
+    pub acl_denied: AclDenied,
+    /// ACL file reloads by result (`ok`, `error`).
+    pub acl_reloads: IntCounterVec,
 }
 
 impl Metrics {
@@ -121,6 +138,7 @@ impl Metrics {
                 no_subscriber: dropped_vec.with_label_values(&["no_subscriber"]),
                 offline_qos0: dropped_vec.with_label_values(&["offline_qos0"]),
                 sys_topic: dropped_vec.with_label_values(&["sys_topic"]),
+                acl: dropped_vec.with_label_values(&["acl"]),
             },
             retained_refused: counter(
                 "retained_refused_total",
@@ -129,6 +147,23 @@ impl Metrics {
             tls_handshake_failures: counter(
                 "tls_handshake_failures_total",
                 "TLS handshakes that failed or timed out.",
+            ),
+            acl_denied: {
+                let v = counter_vec(
+                    "acl_denied_total",
+                    "Actions the ACL refused, by action (publish, subscribe, receive).",
+                    "action",
+                );
+                AclDenied {
+                    publish: v.with_label_values(&["publish"]),
+                    subscribe: v.with_label_values(&["subscribe"]),
+                    receive: v.with_label_values(&["receive"]),
+                }
+            },
+            acl_reloads: counter_vec(
+                "acl_reloads_total",
+                "ACL file reloads by result (ok, error).",
+                "result",
             ),
             connections_current,
             registry,

@@ -6,6 +6,7 @@
 
 use std::io;
 use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -16,14 +17,19 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, error, info, warn};
 
+use crate::acl::Acl;
 use crate::broker::Broker;
 use crate::config::Config;
 use crate::connection::{self, ConnInfo, ListenerKind};
 use crate::transport::tls::{TlsAcceptor, TlsError};
 use crate::transport::{proxy, ws};
+use crate::watch;
 
 /// How long `run` waits for connections to close after shutdown begins.
 const DRAIN_DEADLINE: Duration = Duration::from_secs(10);
+
+/// How often reloadable files are checked for changes.
+const FILE_POLL: Duration = Duration::from_secs(2);
 
 /// How often offline sessions are checked for expiry.
 const EXPIRY_SWEEP: Duration = Duration::from_secs(30);
@@ -51,6 +57,9 @@ pub enum ServerError {
         /// Cause.
         source: io::Error,
     },
+    /// The ACL file could not be read or parsed (`file:line: what is wrong`).
+    #[error("{0}")]
+    Acl(String),
     /// The TLS certificate or key could not be loaded.
     #[error("tlsInfo: {0}")]
     Tls(#[source] TlsError),
@@ -73,6 +82,7 @@ pub struct Server {
     listeners: Vec<(ListenerKind, TcpListener)>,
     transport: Arc<TransportConfig>,
     max_connections: usize,
+    acl_path: Option<PathBuf>,
 }
 
 /// What the accept side needs to turn a TCP connection into an MQTT byte stream.
@@ -99,8 +109,11 @@ fn check_supported(c: &Config) -> Result<(), ServerError> {
     if c.tls_info.verify {
         return unsupported("tlsInfo.verify", "client certificate verification");
     }
-    if c.acl {
-        return unsupported("acl", "the ACL");
+    if c.proxy_protocol {
+        return unsupported("proxyProtocol", "the PROXY protocol");
+    }
+    if c.ws_forwarded_for {
+        return unsupported("wsForwardedFor", "X-Forwarded-For");
     }
     if c.router.as_deref().is_some_and(|r| !r.is_empty()) {
         return unsupported("router", "clustering");
@@ -110,12 +123,6 @@ fn check_supported(c: &Config) -> Result<(), ServerError> {
     }
     if c.password_file.is_some() || !c.allow_anonymous {
         return unsupported("passwordFile", "authentication");
-    }
-    if c.proxy_protocol {
-        return unsupported("proxyProtocol", "the PROXY protocol");
-    }
-    if c.ws_forwarded_for {
-        return unsupported("wsForwardedFor", "X-Forwarded-For");
     }
     if c.http_port.is_some() {
         return unsupported("httpPort", "the HTTP (metrics and health) listener");
@@ -173,8 +180,13 @@ impl Server {
             };
             listeners.push((kind, bind_one("wsPort", &config.host, port.0).await?));
         }
+        let acl = match (config.acl, &config.acl_conf) {
+            (true, Some(path)) => Some(load_acl(path).map_err(ServerError::Acl)?),
+            _ => None,
+        };
         Ok(Server {
-            broker: Arc::new(Broker::new(config)),
+            broker: Arc::new(Broker::new(config, acl)),
+            acl_path: config.acl.then(|| config.acl_conf.clone()).flatten(),
             listeners,
             transport: Arc::new(TransportConfig {
                 tls,
@@ -213,6 +225,7 @@ impl Server {
             listeners,
             transport,
             max_connections,
+            acl_path,
         } = self;
         let tracker = TaskTracker::new();
         let permits = if max_connections == 0 {
@@ -232,6 +245,9 @@ impl Server {
             tls.spawn_reloader(shutdown.clone());
         }
         let sweeper = tokio::spawn(sweep_sessions(broker.clone(), shutdown.clone()));
+        if let Some(path) = acl_path {
+            tokio::spawn(watch_acl(broker.clone(), path, shutdown.clone()));
+        }
 
         let mut accepters = Vec::new();
         for (kind, listener) in listeners {
@@ -258,6 +274,49 @@ impl Server {
         sweeper.abort();
         info!("broker stopped");
         Ok(())
+    }
+}
+
+/// Reads and parses the ACL file; the error names the file and line.
+fn load_acl(path: &Path) -> Result<Acl, String> {
+    let origin = path.display().to_string();
+    let text = std::fs::read_to_string(path).map_err(|e| format!("{origin}: {e}"))?;
+    Acl::parse(&text, &origin).map_err(|e| e.to_string())
+}
+
+/// Reloads the ACL when its file changes (polled) or on SIGHUP, until shutdown. A file that does
+/// not parse keeps the previous rules.
+async fn watch_acl(broker: Arc<Broker>, path: PathBuf, shutdown: CancellationToken) {
+    let mut last = watch::stamp(&path);
+    let mut tick = tokio::time::interval(FILE_POLL);
+    let mut reload = broker.reload.subscribe();
+    loop {
+        let forced = tokio::select! {
+            _ = tick.tick() => false,
+            r = reload.changed() => r.is_ok(),
+            _ = shutdown.cancelled() => return,
+        };
+        let now = watch::stamp(&path);
+        if now == last && !forced {
+            continue;
+        }
+        last = now;
+        match load_acl(&path) {
+            Ok(acl) => {
+                let rules = acl.len();
+                broker.reload_acl(acl);
+                broker.metrics.acl_reloads.with_label_values(&["ok"]).inc();
+                info!(file = %path.display(), rules, "ACL reloaded");
+            }
+            Err(e) => {
+                broker
+                    .metrics
+                    .acl_reloads
+                    .with_label_values(&["error"])
+                    .inc();
+                warn!(error = %e, "ACL reload failed; keeping the previous rules");
+            }
+        }
     }
 }
 

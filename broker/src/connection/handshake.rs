@@ -5,7 +5,10 @@ use bytes::BytesMut;
 use std::sync::Arc;
 use tokio::io::{AsyncRead, AsyncReadExt};
 
-use super::Close;
+use super::{Close, ConnInfo};
+use crate::acl::SubscribeCheck;
+use crate::session::ClientIdentity;
+use crate::topic::parse_subscription;
 use super::outbound::WriteQueue;
 use crate::broker::Broker;
 use crate::codec::{self, Connect, ConnectCode, DecodeError, Packet, Protocol};
@@ -76,6 +79,7 @@ pub async fn read_first<R: AsyncRead + Unpin>(
 /// already in `wq` and the error says why.
 pub async fn accept(
     connect: Connect,
+    info: &ConnInfo,
     broker: &Broker,
     owner: Owner,
     wq: &mut WriteQueue,
@@ -148,6 +152,31 @@ pub async fn accept(
     } = opened;
     if let Some(d) = discarded {
         broker.forget(d);
+    }
+
+    // Who the client is for the ACL: the certificate identity replaces the CONNECT user name
+    // when `useIdentityAsUsername` is on.
+    let username = if broker.settings.use_identity_as_username {
+        info.cert_identity.as_deref()
+    } else {
+        connect.username.as_deref()
+    };
+    let identity = ClientIdentity {
+        client_id: client_id.clone(),
+        username: username.map(Arc::from),
+        ip: info.peer.ip(),
+    };
+    session.set_access(identity.clone(), broker.client_acl(&identity));
+    if present && broker.acl_enabled() {
+        // A resumed session's subscriptions were classified for the previous connection's
+        // identity (the address may differ): classify them again.
+        let acl = session.acl();
+        for (raw, qos) in &core.subscriptions {
+            if let Ok(sub) = parse_subscription(raw, &broker.settings.topics) {
+                let check = acl.subscribe(sub.filter) != SubscribeCheck::Allow;
+                broker.router.subscribe(&session, &sub, *qos, check);
+            }
+        }
     }
     codec::encode_connack(
         wq.buf(),

@@ -20,6 +20,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
+use crate::acl::SubscribeCheck;
 use crate::broker::Broker;
 use crate::codec::{self, Ack, Packet, Publish, QoS, Will};
 use crate::message::{Delivery, Message};
@@ -185,7 +186,7 @@ pub async fn serve<R, W>(
     };
 
     let owner = Owner::new(broker.next_conn_id());
-    let accepted = match handshake::accept(connect, &broker, owner.clone(), &mut wq).await {
+    let accepted = match handshake::accept(connect, &info, &broker, owner.clone(), &mut wq).await {
         Ok(a) => a,
         Err(why) => {
             return end_before_session(&broker, &mut writer, &mut wq, peer, listener, why).await;
@@ -463,10 +464,19 @@ impl Connection {
         })?;
         let metrics = &self.broker.metrics;
         metrics.received[p.qos as usize].inc();
+        let session = &self.session;
+        // A refused PUBLISH is still acknowledged as its QoS requires (hmq left QoS 1/2 publishes
+        // unacknowledged, so clients retried forever), then dropped and counted.
         let route = |broker: &Broker, p: Publish| {
             if is_sys_topic(&p.topic) {
                 broker.metrics.dropped.sys_topic.inc();
                 debug!(topic = %Shown(&p.topic), "client PUBLISH to $SYS dropped");
+                return;
+            }
+            if !session.acl().can_publish(&p.topic) {
+                broker.metrics.dropped.acl.inc();
+                broker.metrics.acl_denied.publish.inc();
+                debug!(client_id = %session.client_id(), topic = %Shown(&p.topic), "PUBLISH denied by the ACL");
                 return;
             }
             broker.publish(&Message::new(p.topic, p.payload, p.qos, p.retain));
@@ -502,12 +512,25 @@ impl Connection {
         let settings = &self.broker.settings;
         let mut codes = Vec::with_capacity(filters.len());
         let mut granted = Vec::with_capacity(filters.len());
+        let acl = self.session.acl();
         for (raw, qos) in filters {
-            if let Err(e) = parse_subscription(&raw, &settings.topics) {
-                debug!(client_id = %self.client_id, filter = %Shown(&raw), error = %e, "subscription refused");
-                codes.push(0x80);
-                continue;
-            }
+            let check = match parse_subscription(&raw, &settings.topics) {
+                Err(e) => {
+                    debug!(client_id = %self.client_id, filter = %Shown(&raw), error = %e, "subscription refused");
+                    codes.push(0x80);
+                    continue;
+                }
+                Ok(sub) => match acl.subscribe(sub.filter) {
+                    SubscribeCheck::Deny => {
+                        self.broker.metrics.acl_denied.subscribe.inc();
+                        debug!(client_id = %self.client_id, filter = %Shown(&raw), "SUBSCRIBE denied by the ACL");
+                        codes.push(0x80);
+                        continue;
+                    }
+                    SubscribeCheck::Allow => false,
+                    SubscribeCheck::PerMessage => true,
+                },
+            };
             let known = self.core.subscriptions.contains_key(&raw);
             if !known
                 && settings.max_subscriptions > 0
@@ -519,12 +542,13 @@ impl Connection {
             }
             codes.push(qos as u8);
             self.core.subscriptions.insert(raw.clone(), qos);
-            granted.push((raw, qos));
+            granted.push((raw, qos, check));
         }
+        drop(acl);
         codec::encode_suback(self.wq.buf(), pkid, &codes);
-        for (raw, qos) in granted {
+        for (raw, qos, check) in granted {
             if let Ok(sub) = parse_subscription(&raw, &settings.topics) {
-                self.broker.subscribe(&self.session, &sub, qos);
+                self.broker.subscribe(&self.session, &sub, qos, check);
             }
         }
         Ok(())
@@ -629,6 +653,10 @@ impl Connection {
                 debug!(client_id = %self.client_id, topic = %Shown(&w.topic), "publishing will");
                 if is_sys_topic(&w.topic) {
                     self.broker.metrics.dropped.sys_topic.inc();
+                } else if !self.session.acl().can_publish(&w.topic) {
+                    self.broker.metrics.dropped.acl.inc();
+                    self.broker.metrics.acl_denied.publish.inc();
+                    debug!(client_id = %self.client_id, topic = %Shown(&w.topic), "will denied by the ACL");
                 } else {
                     self.broker
                         .publish(&Message::new(w.topic, w.payload, w.qos, w.retain));

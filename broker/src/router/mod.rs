@@ -68,13 +68,21 @@ impl Router {
         }
     }
 
-    /// Adds or replaces `session`'s subscription. Returns true if it is new.
-    pub fn subscribe(&self, session: &Arc<Session>, sub: &Subscription<'_>, qos: QoS) -> bool {
+    /// Adds or replaces `session`'s subscription. `check` asks for a per-message ACL check on
+    /// delivery. Returns true if it is new.
+    pub fn subscribe(
+        &self,
+        session: &Arc<Session>,
+        sub: &Subscription<'_>,
+        qos: QoS,
+        check: bool,
+    ) -> bool {
         let levels: Levels<'_> = sub.filter.split('/').collect();
         let (shard, wild) = self.shard_for(&levels);
         let entry = Entry {
             session: session.clone(),
             qos,
+            check,
         };
         let new = shard.write().insert(&levels, sub.group, entry);
         if new {
@@ -100,11 +108,23 @@ impl Router {
         removed
     }
 
-    /// Calls `deliver(session, granted_qos)` once per session that should receive a message on
-    /// `topic`: one call per subscribed session however many of its filters match (with the
-    /// highest granted QoS among them), plus one call per matching shared group (to the member it
-    /// picks). Returns the number of calls.
-    pub fn route(&self, topic: &str, mut deliver: impl FnMut(&Arc<Session>, QoS)) -> usize {
+    /// Sets the per-message check flag of every subscription to `f(session, filter)` (after an
+    /// ACL reload). Takes each shard's write lock in turn.
+    pub fn reclassify(&self, mut f: impl FnMut(&Arc<Session>, &str) -> bool) {
+        let mut path = Vec::new();
+        for shard in self.shards.iter().chain(std::iter::once(&self.wild)) {
+            shard
+                .write()
+                .visit_mut(&mut path, &mut |filter, e| e.check = f(&e.session, filter));
+        }
+    }
+
+    /// Calls `deliver(session, granted_qos, check)` once per session that should receive a
+    /// message on `topic`: one call per subscribed session however many of its filters match
+    /// (with the highest granted QoS among them), plus one call per matching shared group (to the
+    /// member it picks). `check` says the subscription needs a per-message ACL check. Returns the
+    /// number of calls.
+    pub fn route(&self, topic: &str, mut deliver: impl FnMut(&Arc<Session>, QoS, bool)) -> usize {
         let levels: Levels<'_> = topic.split('/').collect();
         let (shard, _) = self.shard_for(&levels);
         let shard = shard.read();
@@ -120,7 +140,7 @@ impl Router {
         for subs in &hits {
             for group in &subs.shared {
                 if let Some(e) = group.pick() {
-                    deliver(&e.session, e.qos);
+                    deliver(&e.session, e.qos, e.check);
                     calls += 1;
                 }
             }
@@ -130,18 +150,28 @@ impl Router {
             // The common case: one matching filter node, each session in it at most once.
             for subs in &hits {
                 for e in subs.normal.values() {
-                    deliver(&e.session, e.qos);
+                    deliver(&e.session, e.qos, e.check);
                     calls += 1;
                 }
             }
         } else {
-            // Overlapping filters: one copy per session at the highest granted QoS.
+            // Overlapping filters: one copy per session at the highest granted QoS. The copy
+            // needs an ACL check only if every matching subscription of the session does (a
+            // matching subscription classified as allowed proves the topic is allowed).
             let mut all: Vec<&Entry> = hits.iter().flat_map(|s| s.normal.values()).collect();
             all.sort_unstable_by_key(|e| (e.session.id(), std::cmp::Reverse(e.qos)));
-            all.dedup_by_key(|e| e.session.id());
-            for e in all {
-                deliver(&e.session, e.qos);
+            let mut i = 0;
+            while i < all.len() {
+                let id = all[i].session.id();
+                let mut check = true;
+                let mut j = i;
+                while j < all.len() && all[j].session.id() == id {
+                    check &= all[j].check;
+                    j += 1;
+                }
+                deliver(&all[i].session, all[i].qos, check);
                 calls += 1;
+                i = j;
             }
         }
         calls
@@ -165,7 +195,7 @@ mod tests {
 
     fn routed(r: &Router, topic: &str) -> BTreeMap<u64, QoS> {
         let mut out = BTreeMap::new();
-        r.route(topic, |s, q| {
+        r.route(topic, |s, q, _| {
             assert!(out.insert(s.id(), q).is_none(), "session {} twice", s.id());
         });
         out
@@ -175,20 +205,54 @@ mod tests {
     fn overlapping_filters_deliver_once_at_highest_qos() {
         let r = Router::new(8);
         let s = session(1);
-        r.subscribe(&s, &sub("a/+"), QoS::AtMostOnce);
-        r.subscribe(&s, &sub("a/b"), QoS::ExactlyOnce);
-        r.subscribe(&s, &sub("#"), QoS::AtLeastOnce);
+        r.subscribe(&s, &sub("a/+"), QoS::AtMostOnce, false);
+        r.subscribe(&s, &sub("a/b"), QoS::ExactlyOnce, false);
+        r.subscribe(&s, &sub("#"), QoS::AtLeastOnce, false);
         assert_eq!(routed(&r, "a/b"), BTreeMap::from([(1, QoS::ExactlyOnce)]));
         assert_eq!(routed(&r, "a/c"), BTreeMap::from([(1, QoS::AtLeastOnce)]));
         assert_eq!(r.len(), 3);
     }
 
     #[test]
+    fn check_flags_are_routed_merged_and_reclassified() {
+        let r = Router::new(8);
+        let (s1, s2) = (session(1), session(2));
+        r.subscribe(&s1, &sub("a/+"), QoS::AtMostOnce, true);
+        r.subscribe(&s1, &sub("a/b"), QoS::AtMostOnce, false);
+        r.subscribe(&s2, &sub("$share/g/a/#"), QoS::AtMostOnce, true);
+        let flags = |topic| {
+            let mut out = BTreeMap::new();
+            r.route(topic, |s, _, check| {
+                out.insert(s.id(), check);
+            });
+            out
+        };
+        // a/b: s1 through two filters, one of them allowed outright: no check needed.
+        assert_eq!(flags("a/b"), BTreeMap::from([(1, false), (2, true)]));
+        assert_eq!(flags("a/c"), BTreeMap::from([(1, true), (2, true)]));
+        let mut seen = Vec::new();
+        r.reclassify(|s, filter| {
+            seen.push((s.id(), filter.to_string()));
+            filter == "a/b"
+        });
+        seen.sort();
+        assert_eq!(
+            seen,
+            [
+                (1, "a/+".to_string()),
+                (1, "a/b".to_string()),
+                (2, "a/#".to_string())
+            ]
+        );
+        assert_eq!(flags("a/c"), BTreeMap::from([(1, false), (2, false)]));
+    }
+
+    #[test]
     fn resubscribe_replaces_qos_and_unsubscribe_prunes() {
         let r = Router::new(8);
         let s = session(1);
-        assert!(r.subscribe(&s, &sub("a/b"), QoS::AtMostOnce));
-        assert!(!r.subscribe(&s, &sub("a/b"), QoS::AtLeastOnce));
+        assert!(r.subscribe(&s, &sub("a/b"), QoS::AtMostOnce, false));
+        assert!(!r.subscribe(&s, &sub("a/b"), QoS::AtLeastOnce, false));
         assert_eq!(routed(&r, "a/b"), BTreeMap::from([(1, QoS::AtLeastOnce)]));
         assert!(r.unsubscribe(1, &sub("a/b")));
         assert!(!r.unsubscribe(1, &sub("a/b")));
@@ -200,9 +264,9 @@ mod tests {
     #[test]
     fn dollar_topics_skip_leading_wildcards() {
         let r = Router::new(8);
-        r.subscribe(&session(1), &sub("#"), QoS::AtMostOnce);
-        r.subscribe(&session(2), &sub("+/up"), QoS::AtMostOnce);
-        r.subscribe(&session(3), &sub("$SYS/#"), QoS::AtMostOnce);
+        r.subscribe(&session(1), &sub("#"), QoS::AtMostOnce, false);
+        r.subscribe(&session(2), &sub("+/up"), QoS::AtMostOnce, false);
+        r.subscribe(&session(3), &sub("$SYS/#"), QoS::AtMostOnce, false);
         assert_eq!(
             routed(&r, "$SYS/up").keys().copied().collect::<Vec<_>>(),
             [3]
@@ -219,11 +283,11 @@ mod tests {
         let members: Vec<_> = (1..=3).map(session).collect();
         for m in &members {
             m.set_online(true);
-            r.subscribe(m, &sub("$share/g/t/+"), QoS::AtLeastOnce);
+            r.subscribe(m, &sub("$share/g/t/+"), QoS::AtLeastOnce, false);
         }
         let other = session(9);
         other.set_online(true);
-        r.subscribe(&other, &sub("$share/h/t/+"), QoS::AtMostOnce);
+        r.subscribe(&other, &sub("$share/h/t/+"), QoS::AtMostOnce, false);
         let mut counts = BTreeMap::new();
         for _ in 0..30 {
             let got = routed(&r, "t/x");
@@ -268,7 +332,7 @@ mod tests {
             let r = Router::new(3);
             let sessions: Vec<_> = (0..filters.len() as u64).map(session).collect();
             for (s, f) in sessions.iter().zip(&filters) {
-                r.subscribe(s, &sub(f), QoS::AtMostOnce);
+                r.subscribe(s, &sub(f), QoS::AtMostOnce, false);
             }
             for t in topics.iter().filter(|t| !t.is_empty()) {
                 let want: Vec<u64> = filters.iter().enumerate()

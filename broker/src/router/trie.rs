@@ -21,6 +21,9 @@ pub struct Entry {
     pub session: Arc<Session>,
     /// Granted QoS.
     pub qos: QoS,
+    /// Whether each message delivered through this subscription must pass the subscriber's ACL
+    /// (`can_receive`): set when the filter straddles allowed and denied topics.
+    pub check: bool,
 }
 
 /// A `$share/<group>/...` group at one node: one member gets each message.
@@ -87,6 +90,7 @@ impl Subscribers {
                 match members.iter_mut().find(|e| e.session.id() == id) {
                     Some(e) => {
                         e.qos = entry.qos;
+                        e.check = entry.check;
                         false
                     }
                     None => {
@@ -195,6 +199,39 @@ impl Node {
                 }
                 removed
             }
+        }
+    }
+
+    /// Calls `f(filter, entry)` for every subscription at or below this node; `path` holds the
+    /// levels leading here (the caller passes an empty vector at the root).
+    pub fn visit_mut(&mut self, path: &mut Vec<String>, f: &mut impl FnMut(&str, &mut Entry)) {
+        fn each(subs: &mut Subscribers, filter: &str, f: &mut impl FnMut(&str, &mut Entry)) {
+            for e in subs.normal.values_mut() {
+                f(filter, e);
+            }
+            for g in &mut subs.shared {
+                for e in &mut g.members {
+                    f(filter, e);
+                }
+            }
+        }
+        if let Some(subs) = self.exact.as_deref_mut() {
+            each(subs, &path.join("/"), f);
+        }
+        if let Some(subs) = self.multi.as_deref_mut() {
+            path.push("#".into());
+            each(subs, &path.join("/"), f);
+            path.pop();
+        }
+        if let Some(plus) = self.plus.as_deref_mut() {
+            path.push("+".into());
+            plus.visit_mut(path, f);
+            path.pop();
+        }
+        for (level, child) in &mut self.children {
+            path.push(level.to_string());
+            child.visit_mut(path, f);
+            path.pop();
         }
     }
 

@@ -16,7 +16,9 @@ pub mod registry;
 pub mod store;
 
 use ahash::{HashMap, HashMapExt, HashSet};
+use arc_swap::ArcSwap;
 use parking_lot::Mutex;
+use std::net::IpAddr;
 use std::collections::VecDeque;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -24,6 +26,7 @@ use std::time::Instant;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
+use crate::acl::{self, ClientAcl};
 use crate::codec::QoS;
 use crate::message::Delivery;
 
@@ -165,6 +168,29 @@ struct Control {
     discarded: bool,
 }
 
+/// Who a client is, as far as authorisation cares: kept with the session so that the ACL can
+/// be applied again when it is reloaded, online or offline.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClientIdentity {
+    /// Client id.
+    pub client_id: Arc<str>,
+    /// Authenticated user name (from CONNECT, or from the client certificate).
+    pub username: Option<Arc<str>>,
+    /// Client address of the latest connection.
+    pub ip: IpAddr,
+}
+
+impl ClientIdentity {
+    /// The borrowed form the ACL evaluates.
+    pub fn as_acl(&self) -> acl::Identity<'_> {
+        acl::Identity {
+            client_id: &self.client_id,
+            username: self.username.as_deref(),
+            ip: self.ip,
+        }
+    }
+}
+
 /// A client's session. See the module documentation.
 #[derive(Debug)]
 pub struct Session {
@@ -174,6 +200,10 @@ pub struct Session {
     notify: Notify,
     online: AtomicBool,
     control: Mutex<Control>,
+    /// This client's compiled ACL: read per message by the client's own task (publish) and by
+    /// publishers (delivery through a subscription that needs a per-message check).
+    acl: ArcSwap<ClientAcl>,
+    identity: Mutex<Option<ClientIdentity>>,
 }
 
 impl Session {
@@ -192,7 +222,30 @@ impl Session {
                 offline_since: None,
                 discarded: false,
             }),
+            acl: ArcSwap::from_pointee(ClientAcl::allow_all()),
+            identity: Mutex::new(None),
         }
+    }
+
+    /// Sets who the client is and its compiled ACL (at CONNECT, and after an ACL reload).
+    pub fn set_access(&self, identity: ClientIdentity, acl: ClientAcl) {
+        *self.identity.lock() = Some(identity);
+        self.acl.store(Arc::new(acl));
+    }
+
+    /// Replaces the compiled ACL (after a reload), keeping the identity.
+    pub fn set_acl(&self, acl: ClientAcl) {
+        self.acl.store(Arc::new(acl));
+    }
+
+    /// The client's identity, once it has connected.
+    pub fn identity(&self) -> Option<ClientIdentity> {
+        self.identity.lock().clone()
+    }
+
+    /// The client's compiled ACL (allow-all until set).
+    pub fn acl(&self) -> arc_swap::Guard<Arc<ClientAcl>> {
+        self.acl.load()
     }
 
     /// Process-unique id of this session object (a new session for the same client id gets a

@@ -88,6 +88,11 @@ impl Registry {
         self.store.is_empty()
     }
 
+    /// Every session, online and offline (for maintenance such as an ACL reload).
+    pub fn all(&self) -> Vec<Arc<Session>> {
+        self.store.all()
+    }
+
     /// The session for `client_id`, if any.
     pub fn get(&self, client_id: &str) -> Option<Arc<Session>> {
         self.store.get(client_id)
