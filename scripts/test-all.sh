@@ -2,8 +2,9 @@
 # Runs every test of the repository; on a fresh Debian 12 machine it first installs what the tests
 # need. This is the README's test command and what CI (.ci/run) runs.
 #
-#   1. set-up: mosquitto + mosquitto-clients (apt), paho-mqtt 2.x (pip), rustfmt + clippy; each only
-#      if missing, so a second run is fast
+#   1. set-up: mosquitto + mosquitto-clients (apt), paho-mqtt 2.x (pip), rustfmt + clippy, Node +
+#      chromium (apt) and the interop tests' Node packages (npm ci); each only if missing, so a
+#      second run is fast
 #   2. cargo fmt --check, cargo clippy -D warnings, cargo test (the whole workspace)
 #   3. cargo build --release --bin hmq, then the interop tests in broker/tests/interop/ against it
 #
@@ -101,6 +102,13 @@ for tool in mosquitto mosquitto_pub mosquitto_sub; do
 done
 { mosquitto_pub --help || true; } | sed -n 2p # --help exits 1
 
+# openssl: the TLS interop test makes its certificates with it and checks handshakes (s_client).
+if ! command -v openssl >/dev/null; then
+    echo "installing openssl (apt)"
+    apt_install openssl
+fi
+openssl version || fail "openssl still missing after installation"
+
 if ! python3 -m pip --version >/dev/null 2>&1; then
     echo "installing pip (apt)"
     apt_install python3-pip
@@ -122,6 +130,24 @@ sys.exit(not os.path.exists(os.path.join(sysconfig.get_path("stdlib"), "EXTERNAL
 fi
 have_paho2 || fail "paho-mqtt 2.x still not importable by python3 after installation"
 python3 -c 'import paho.mqtt; print("paho-mqtt", paho.mqtt.__version__)'
+
+if ! command -v node >/dev/null || ! command -v npm >/dev/null; then
+    echo "installing nodejs and npm (apt)"
+    apt_install nodejs npm
+fi
+node --version
+if [[ ! -x /usr/bin/chromium ]]; then
+    echo "installing chromium (apt)"
+    apt_install chromium
+fi
+/usr/bin/chromium --version || fail "/usr/bin/chromium does not run"
+# MQTT.js, ws and playwright-core for the *.mjs interop tests, as locked in package-lock.json.
+interop_js=broker/tests/interop
+if [[ ! -d $interop_js/node_modules ||
+    $interop_js/package-lock.json -nt $interop_js/node_modules/.package-lock.json ]]; then
+    echo "installing the interop tests' Node packages (npm ci)"
+    (cd "$interop_js" && npm ci --no-audit --no-fund) || fail "npm ci in $interop_js failed"
+fi
 done_section "set-up"
 
 # ---------------------------------------------------------------------------------------------

@@ -8,6 +8,7 @@
 #![warn(missing_docs)]
 
 pub mod acl;
+pub mod auth;
 pub mod broker;
 pub mod cli;
 pub mod codec;

@@ -19,11 +19,11 @@ use tracing::{debug, error, info, warn};
 
 use crate::acl::Acl;
 use crate::broker::Broker;
+use crate::watch;
 use crate::config::Config;
 use crate::connection::{self, ConnInfo, ListenerKind};
 use crate::transport::tls::{TlsAcceptor, TlsError};
 use crate::transport::{proxy, ws};
-use crate::watch;
 
 /// How long `run` waits for connections to close after shutdown begins.
 const DRAIN_DEADLINE: Duration = Duration::from_secs(10);
@@ -60,9 +60,9 @@ pub enum ServerError {
     /// The ACL file could not be read or parsed (`file:line: what is wrong`).
     #[error("{0}")]
     Acl(String),
-    /// The TLS certificate or key could not be loaded.
-    #[error("tlsInfo: {0}")]
-    Tls(#[source] TlsError),
+    /// The TLS certificate or key could not be loaded (the message names the key and file).
+    #[error(transparent)]
+    Tls(TlsError),
     /// Binding a listener failed.
     #[error("cannot listen on {addr} ({key}): {source}")]
     Bind {
@@ -97,24 +97,6 @@ struct TransportConfig {
 /// Refuses configuration that turns on features later versions bring, rather than ignoring it.
 fn check_supported(c: &Config) -> Result<(), ServerError> {
     let unsupported = |key, what| Err(ServerError::Unsupported { key, what });
-    if c.tls_port.is_some() {
-        return unsupported("tlsPort", "the TLS listener");
-    }
-    if c.ws_port.is_some() {
-        return unsupported("wsPort", "the WebSocket listener");
-    }
-    if c.ws_tls {
-        return unsupported("wsTLS", "WebSocket over TLS");
-    }
-    if c.tls_info.verify {
-        return unsupported("tlsInfo.verify", "client certificate verification");
-    }
-    if c.proxy_protocol {
-        return unsupported("proxyProtocol", "the PROXY protocol");
-    }
-    if c.ws_forwarded_for {
-        return unsupported("wsForwardedFor", "X-Forwarded-For");
-    }
     if c.router.as_deref().is_some_and(|r| !r.is_empty()) {
         return unsupported("router", "clustering");
     }
@@ -309,11 +291,7 @@ async fn watch_acl(broker: Arc<Broker>, path: PathBuf, shutdown: CancellationTok
                 info!(file = %path.display(), rules, "ACL reloaded");
             }
             Err(e) => {
-                broker
-                    .metrics
-                    .acl_reloads
-                    .with_label_values(&["error"])
-                    .inc();
+                broker.metrics.acl_reloads.with_label_values(&["error"]).inc();
                 warn!(error = %e, "ACL reload failed; keeping the previous rules");
             }
         }
@@ -449,7 +427,8 @@ impl Accept {
         S: AsyncRead + AsyncWrite + Unpin + Send,
     {
         let t = &self.transport;
-        let upgrade = ws::accept(stream, &t.ws_path, t.ws_forwarded_for);
+        let max_packet_size = self.broker.settings.max_packet_size;
+        let upgrade = ws::accept(stream, &t.ws_path, t.ws_forwarded_for, max_packet_size);
         match tokio::time::timeout_at(info.deadline, upgrade).await {
             Ok(Ok((ws, forwarded))) => {
                 if let Some(ip) = forwarded {

@@ -14,6 +14,8 @@ HMQ_BIN=${HMQ_BIN:-${CARGO_TARGET_DIR:-$REPO_ROOT/target}/release/hmq}
 BROKER_PID=""
 BROKER_PORT=""
 BROKER_LOG=""
+BROKER_WS_PORT=""
+BROKER_ARGS=() # more hmq arguments for start_broker (interop_setup_ws adds a WebSocket listener)
 WORK=""
 FAILED_CHECKS=()
 PASSED_CHECKS=0
@@ -59,7 +61,7 @@ start_broker() {
     BROKER_LOG="$WORK/hmq.log"
     for attempt in 1 2 3; do
         BROKER_PORT=$(free_port)
-        "$HMQ_BIN" --host 127.0.0.1 -p "$BROKER_PORT" >>"$BROKER_LOG" 2>&1 &
+        "$HMQ_BIN" --host 127.0.0.1 -p "$BROKER_PORT" "${BROKER_ARGS[@]}" >>"$BROKER_LOG" 2>&1 &
         BROKER_PID=$!
         if wait_port "$BROKER_PORT" "$BROKER_PID" 10; then
             echo "hmq (pid $BROKER_PID) listening on 127.0.0.1:$BROKER_PORT, log $BROKER_LOG"
@@ -138,6 +140,13 @@ interop_setup() {
     trap 'exit 143' TERM
     trap 'exit 130' INT
     start_broker
+}
+
+# interop_setup with a WebSocket listener (path /ws) on a second free port: sets BROKER_WS_PORT.
+interop_setup_ws() {
+    BROKER_WS_PORT=$(free_port)
+    BROKER_ARGS+=(-ws "$BROKER_WS_PORT" -wsp /ws)
+    interop_setup
 }
 
 # check NAME FUNCTION: runs FUNCTION in a subshell with `set -e`, prints "ok" or "FAIL", records

@@ -4,7 +4,10 @@
 #
 #   *.sh (except run.sh, lib.sh)  run as is; the script starts and stops its own broker (lib.sh)
 #   *.py                          run as `python3 TEST PORT` against a broker started here
-#   anything else (but *.md)      an error: teach this script how to run it
+#   *.mjs                         run as `node TEST PORT WSPORT` against a broker started here with
+#                                 a WebSocket listener on WSPORT, path /ws (Node packages from
+#                                 package.json in node_modules here: npm ci)
+#   anything else (but *.md and package*.json)  an error: teach this script how to run it
 #
 # Usage: broker/tests/interop/run.sh [TEST...]   (default: every test in this directory)
 # Environment: HMQ_BIN (default target/release/hmq; build it with cargo build --release --bin hmq),
@@ -26,7 +29,7 @@ else
     for t in "$here"/*; do
         [[ -f $t ]] || continue
         case "$(basename "$t")" in
-        run.sh | lib.sh | *.md) ;;
+        run.sh | lib.sh | *.md | package.json | package-lock.json) ;;
         *) tests+=("$t") ;;
         esac
     done
@@ -49,6 +52,12 @@ for t in "${tests[@]}"; do
         (
             interop_setup
             timeout --kill-after=10 "$limit" python3 "$t" "$BROKER_PORT"
+        ) || rc=$?
+        ;;
+    *.mjs)
+        (
+            interop_setup_ws
+            timeout --kill-after=10 "$limit" node "$t" "$BROKER_PORT" "$BROKER_WS_PORT"
         ) || rc=$?
         ;;
     *)
