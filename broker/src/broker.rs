@@ -9,6 +9,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use crate::acl::{Acl, ClientAcl, SubscribeCheck};
+use crate::auth::{DEFAULT_CACHE_CAPACITY, PasswordFile, Verdict, VerifiedCache};
 use crate::codec::QoS;
 use crate::config::Config;
 use crate::message::{Delivery, Message};
@@ -46,6 +47,8 @@ pub struct Settings {
     pub takeover_wait: Duration,
     /// The client certificate's identity is the user name.
     pub use_identity_as_username: bool,
+    /// Clients without a user name are accepted.
+    pub allow_anonymous: bool,
 }
 
 impl Settings {
@@ -68,6 +71,7 @@ impl Settings {
             session_expiry: (c.session_expiry > 0).then(|| Duration::from_secs(c.session_expiry)),
             takeover_wait: Duration::from_secs(10),
             use_identity_as_username: c.tls_info.use_identity_as_username,
+            allow_anonymous: c.allow_anonymous,
         }
     }
 }
@@ -87,6 +91,13 @@ pub struct Broker {
     pub metrics: Metrics,
     /// The ACL, when `acl` is on.
     acl: Option<ArcSwap<Acl>>,
+    /// The password file, when `passwordFile` is set.
+    passwords: Option<ArcSwap<PasswordFile>>,
+    /// Credentials that verified recently (see `auth::VerifiedCache`).
+    verified: Option<Arc<VerifiedCache>>,
+    /// Bounds concurrent slow password checks so a flood of bad logins cannot take every
+    /// blocking thread.
+    slow_checks: tokio::sync::Semaphore,
     /// Bumped to ask the background tasks to re-read their files now (SIGHUP).
     pub reload: tokio::sync::watch::Sender<u64>,
     next_conn_id: AtomicU64,
@@ -96,8 +107,9 @@ pub struct Broker {
 }
 
 impl Broker {
-    /// A broker with empty state; `acl` is the parsed ACL when the ACL is on.
-    pub fn new(config: &Config, acl: Option<Acl>) -> Broker {
+    /// A broker with empty state; `acl` is the parsed ACL when the ACL is on, `passwords` the
+    /// parsed password file when one is configured.
+    pub fn new(config: &Config, acl: Option<Acl>, passwords: Option<PasswordFile>) -> Broker {
         let boot = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_nanos() as u64)
@@ -109,6 +121,14 @@ impl Broker {
             sessions: Registry::new(Box::new(MemoryStore::default()), config.max_sessions),
             metrics: Metrics::new(),
             acl: acl.map(ArcSwap::from_pointee),
+            verified: passwords
+                .as_ref()
+                .and_then(|_| VerifiedCache::new(DEFAULT_CACHE_CAPACITY).ok())
+                .map(Arc::new),
+            passwords: passwords.map(ArcSwap::from_pointee),
+            slow_checks: tokio::sync::Semaphore::new(
+                std::thread::available_parallelism().map_or(2, |n| n.get()),
+            ),
             reload: tokio::sync::watch::Sender::new(0),
             next_conn_id: AtomicU64::new(1),
             next_auto_id: AtomicU64::new(1),
@@ -135,6 +155,46 @@ impl Broker {
         }
     }
 
+    /// Whether a password file is configured.
+    pub fn checks_passwords(&self) -> bool {
+        self.passwords.is_some()
+    }
+
+    /// Checks a user name and password against the password file (which must be configured).
+    /// Slow (PBKDF2) unless the same credentials verified recently; the slow check runs on the
+    /// blocking pool, at most one per core at a time.
+    pub async fn verify_password(&self, user: &str, password: &[u8]) -> Verdict {
+        let Some(file) = self.passwords.as_ref().map(|p| p.load_full()) else {
+            return Verdict::UnknownUser;
+        };
+        if let Some(cache) = &self.verified {
+            if cache.is_cached(&file, user, password) {
+                return Verdict::Ok;
+            }
+        }
+        let Ok(_permit) = self.slow_checks.acquire().await else {
+            return Verdict::BadPassword;
+        };
+        let cache = self.verified.clone();
+        let (user, password) = (user.to_owned(), password.to_vec());
+        tokio::task::spawn_blocking(move || match cache {
+            Some(c) => c.verify(&file, &user, &password),
+            None => file.verify(&user, &password),
+        })
+        .await
+        .unwrap_or(Verdict::BadPassword)
+    }
+
+    /// Installs a new password file; clients already connected stay connected.
+    pub fn reload_passwords(&self, file: PasswordFile) {
+        if let Some(slot) = &self.passwords {
+            if let Some(cache) = &self.verified {
+                cache.prune(&file);
+            }
+            slot.store(Arc::new(file));
+        }
+    }
+
     /// Whether the ACL is on.
     pub fn acl_enabled(&self) -> bool {
         self.acl.is_some()
@@ -153,9 +213,8 @@ impl Broker {
                 session.set_acl(self.client_acl(&who));
             }
         }
-        self.router.reclassify(|session, filter| {
-            session.acl().subscribe(filter) != SubscribeCheck::Allow
-        });
+        self.router
+            .reclassify(|session, filter| session.acl().subscribe(filter) != SubscribeCheck::Allow);
     }
 
     /// Routes a message to every matching session and stores it if retained. Returns the number

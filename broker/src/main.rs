@@ -15,7 +15,11 @@ use tracing::{info, warn};
 use tracing_subscriber::EnvFilter;
 
 fn main() -> ExitCode {
-    let command = match cli::parse_args(std::env::args().skip(1)) {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.first().map(String::as_str) == Some("passwd") {
+        return passwd(&args[1..]);
+    }
+    let command = match cli::parse_args(args) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("hmq: {e}\n\n{}", cli::usage());
@@ -107,5 +111,78 @@ async fn watch_signals(broker: Arc<Broker>, shutdown: CancellationToken) {
         }
         shutdown.cancel();
         return;
+    }
+}
+
+const PASSWD_USAGE: &str = "Usage: hmq passwd [--iterations N] <file> <user>
+
+Adds <user> to the password file <file> (created with mode 0600 if missing) or changes their
+password. The password is asked twice on the terminal, or read as one line from standard input
+when that is not a terminal. --iterations sets the PBKDF2-SHA512 iteration count (default 210000).";
+
+/// `hmq passwd [--iterations N] <file> <user>`.
+fn passwd(args: &[String]) -> ExitCode {
+    let mut iterations = hmq::auth::DEFAULT_ITERATIONS;
+    let mut positional = Vec::new();
+    let mut it = args.iter();
+    while let Some(arg) = it.next() {
+        match arg.as_str() {
+            "-h" | "--help" | "-help" => {
+                println!("{PASSWD_USAGE}");
+                return ExitCode::SUCCESS;
+            }
+            "--iterations" | "-iterations" => match it.next().and_then(|v| v.parse().ok()) {
+                Some(n) => iterations = n,
+                None => {
+                    eprintln!("hmq passwd: --iterations needs a number\n\n{PASSWD_USAGE}");
+                    return ExitCode::from(2);
+                }
+            },
+            other if other.starts_with('-') => {
+                eprintln!("hmq passwd: unknown flag {other}\n\n{PASSWD_USAGE}");
+                return ExitCode::from(2);
+            }
+            other => positional.push(other),
+        }
+    }
+    let [file, user] = positional[..] else {
+        eprintln!("hmq passwd: expected <file> <user>\n\n{PASSWD_USAGE}");
+        return ExitCode::from(2);
+    };
+    let password = match read_new_password() {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("hmq passwd: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match hmq::auth::passwd_command(
+        std::path::Path::new(file),
+        user,
+        password.as_bytes(),
+        iterations,
+    ) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("hmq passwd: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// The new password: asked twice on a terminal, else one line of standard input.
+fn read_new_password() -> anyhow::Result<String> {
+    if std::io::stdin().is_terminal() {
+        let first = rpassword::prompt_password("Password: ")?;
+        let second = rpassword::prompt_password("Reenter password: ")?;
+        anyhow::ensure!(first == second, "the passwords do not match");
+        anyhow::ensure!(!first.is_empty(), "empty password");
+        Ok(first)
+    } else {
+        let mut line = String::new();
+        std::io::stdin().read_line(&mut line)?;
+        let password = line.trim_end_matches(['\n', '\r']).to_owned();
+        anyhow::ensure!(!password.is_empty(), "empty password on standard input");
+        Ok(password)
     }
 }

@@ -62,8 +62,9 @@ pub struct Metrics {
     pub tls_handshake_failures: IntCounter,
     /// ACL denials.
     pub acl_denied: AclDenied,
-    /// ACL file reloads by result (`ok`, `error`).
-    pub acl_reloads: IntCounterVec,
+    /// Reloads of the ACL and password files by file (`acl`, `passwords`) and result (`ok`,
+    /// `error`).
+    pub file_reloads: IntCounterVec,
 }
 
 impl Metrics {
@@ -160,11 +161,20 @@ impl Metrics {
                     receive: v.with_label_values(&["receive"]),
                 }
             },
-            acl_reloads: counter_vec(
-                "acl_reloads_total",
-                "ACL file reloads by result (ok, error).",
-                "result",
-            ),
+            file_reloads: {
+                let v = IntCounterVec::new(
+                    Opts::new(
+                        "file_reloads_total",
+                        "Reloads of the ACL and password files, by file and result.",
+                    ),
+                    &["file", "result"],
+                )
+                .unwrap_or_else(|e| panic!("metric file_reloads_total: {e}"));
+                registry
+                    .register(Box::new(v.clone()))
+                    .unwrap_or_else(|e| panic!("metric file_reloads_total: {e}"));
+                v
+            },
             connections_current,
             registry,
         }

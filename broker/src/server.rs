@@ -18,12 +18,13 @@ use tokio_util::task::TaskTracker;
 use tracing::{debug, error, info, warn};
 
 use crate::acl::Acl;
+use crate::auth::PasswordFile;
 use crate::broker::Broker;
-use crate::watch;
 use crate::config::Config;
 use crate::connection::{self, ConnInfo, ListenerKind};
 use crate::transport::tls::{TlsAcceptor, TlsError};
 use crate::transport::{proxy, ws};
+use crate::watch;
 
 /// How long `run` waits for connections to close after shutdown begins.
 const DRAIN_DEADLINE: Duration = Duration::from_secs(10);
@@ -60,6 +61,9 @@ pub enum ServerError {
     /// The ACL file could not be read or parsed (`file:line: what is wrong`).
     #[error("{0}")]
     Acl(String),
+    /// The password file could not be read or parsed (`file:line: what is wrong`).
+    #[error("{0}")]
+    Passwords(String),
     /// The TLS certificate or key could not be loaded (the message names the key and file).
     #[error(transparent)]
     Tls(TlsError),
@@ -83,6 +87,7 @@ pub struct Server {
     transport: Arc<TransportConfig>,
     max_connections: usize,
     acl_path: Option<PathBuf>,
+    password_path: Option<PathBuf>,
 }
 
 /// What the accept side needs to turn a TCP connection into an MQTT byte stream.
@@ -102,9 +107,6 @@ fn check_supported(c: &Config) -> Result<(), ServerError> {
     }
     if c.cluster.port.is_some() {
         return unsupported("cluster.port", "clustering");
-    }
-    if c.password_file.is_some() || !c.allow_anonymous {
-        return unsupported("passwordFile", "authentication");
     }
     if c.http_port.is_some() {
         return unsupported("httpPort", "the HTTP (metrics and health) listener");
@@ -166,9 +168,24 @@ impl Server {
             (true, Some(path)) => Some(load_acl(path).map_err(ServerError::Acl)?),
             _ => None,
         };
+        let passwords = match &config.password_file {
+            Some(path) => {
+                let file = load_passwords(path).map_err(ServerError::Passwords)?;
+                let weak = file.weak_entries();
+                if !weak.is_empty() {
+                    warn!(
+                        users = %weak.join(", "),
+                        "weak password hashes ($6$, or $7$ with few iterations): run `hmq passwd` for these users"
+                    );
+                }
+                Some(file)
+            }
+            None => None,
+        };
         Ok(Server {
-            broker: Arc::new(Broker::new(config, acl)),
+            broker: Arc::new(Broker::new(config, acl, passwords)),
             acl_path: config.acl.then(|| config.acl_conf.clone()).flatten(),
+            password_path: config.password_file.clone(),
             listeners,
             transport: Arc::new(TransportConfig {
                 tls,
@@ -208,6 +225,7 @@ impl Server {
             transport,
             max_connections,
             acl_path,
+            password_path,
         } = self;
         let tracker = TaskTracker::new();
         let permits = if max_connections == 0 {
@@ -228,7 +246,34 @@ impl Server {
         }
         let sweeper = tokio::spawn(sweep_sessions(broker.clone(), shutdown.clone()));
         if let Some(path) = acl_path {
-            tokio::spawn(watch_acl(broker.clone(), path, shutdown.clone()));
+            let b = broker.clone();
+            tokio::spawn(watch_file(
+                broker.clone(),
+                path,
+                "ACL",
+                shutdown.clone(),
+                move |path| {
+                    let acl = load_acl(path)?;
+                    let rules = acl.len();
+                    b.reload_acl(acl);
+                    Ok(rules)
+                },
+            ));
+        }
+        if let Some(path) = password_path {
+            let b = broker.clone();
+            tokio::spawn(watch_file(
+                broker.clone(),
+                path,
+                "password file",
+                shutdown.clone(),
+                move |path| {
+                    let file = load_passwords(path)?;
+                    let users = file.len();
+                    b.reload_passwords(file);
+                    Ok(users)
+                },
+            ));
         }
 
         let mut accepters = Vec::new();
@@ -266,16 +311,30 @@ fn load_acl(path: &Path) -> Result<Acl, String> {
     Acl::parse(&text, &origin).map_err(|e| e.to_string())
 }
 
-/// Reloads the ACL when its file changes (polled) or on SIGHUP, until shutdown. A file that does
-/// not parse keeps the previous rules.
-async fn watch_acl(broker: Arc<Broker>, path: PathBuf, shutdown: CancellationToken) {
+/// Reads and parses the password file; the error names the file and line.
+fn load_passwords(path: &Path) -> Result<PasswordFile, String> {
+    let origin = path.display().to_string();
+    let text = std::fs::read_to_string(path).map_err(|e| format!("{origin}: {e}"))?;
+    PasswordFile::parse(&text, &origin).map_err(|e| e.to_string())
+}
+
+/// Reloads a file when it changes (polled every `FILE_POLL`) or on SIGHUP, until shutdown.
+/// `reload` reads, parses and installs it, returning how many entries it has; a file that does
+/// not parse keeps what is in force.
+async fn watch_file(
+    broker: Arc<Broker>,
+    path: PathBuf,
+    what: &'static str,
+    shutdown: CancellationToken,
+    reload: impl Fn(&Path) -> Result<usize, String> + Send + 'static,
+) {
     let mut last = watch::stamp(&path);
     let mut tick = tokio::time::interval(FILE_POLL);
-    let mut reload = broker.reload.subscribe();
+    let mut signal = broker.reload.subscribe();
     loop {
         let forced = tokio::select! {
             _ = tick.tick() => false,
-            r = reload.changed() => r.is_ok(),
+            r = signal.changed() => r.is_ok(),
             _ = shutdown.cancelled() => return,
         };
         let now = watch::stamp(&path);
@@ -283,16 +342,23 @@ async fn watch_acl(broker: Arc<Broker>, path: PathBuf, shutdown: CancellationTok
             continue;
         }
         last = now;
-        match load_acl(&path) {
-            Ok(acl) => {
-                let rules = acl.len();
-                broker.reload_acl(acl);
-                broker.metrics.acl_reloads.with_label_values(&["ok"]).inc();
-                info!(file = %path.display(), rules, "ACL reloaded");
+        let label = if what == "ACL" { "acl" } else { "passwords" };
+        match reload(&path) {
+            Ok(entries) => {
+                broker
+                    .metrics
+                    .file_reloads
+                    .with_label_values(&[label, "ok"])
+                    .inc();
+                info!(file = %path.display(), entries, "{what} reloaded");
             }
             Err(e) => {
-                broker.metrics.acl_reloads.with_label_values(&["error"]).inc();
-                warn!(error = %e, "ACL reload failed; keeping the previous rules");
+                broker
+                    .metrics
+                    .file_reloads
+                    .with_label_values(&[label, "error"])
+                    .inc();
+                warn!(error = %e, "{what} reload failed; keeping the previous one");
             }
         }
     }

@@ -222,7 +222,7 @@ async fn reload_applies_to_connected_clients_and_bad_files_keep_the_old_rules() 
     // The reload runs in the background: publish probes until the denied topic stops arriving.
     let mut reloaded = false;
     for _ in 0..100 {
-        if b.metric("hmq_acl_reloads_total", "result=\"ok\"") >= 1.0 {
+        if b.metric("hmq_file_reloads_total", "file=\"acl\",result=\"ok\"") >= 1.0 {
             reloaded = true;
             break;
         }
@@ -242,12 +242,15 @@ async fn reload_applies_to_connected_clients_and_bad_files_keep_the_old_rules() 
     std::fs::rename(&tmp, &path).unwrap();
     b.broker.reload.send_modify(|g| *g += 1);
     for _ in 0..100 {
-        if b.metric("hmq_acl_reloads_total", "result=\"error\"") >= 1.0 {
+        if b.metric("hmq_file_reloads_total", "file=\"acl\",result=\"error\"") >= 1.0 {
             break;
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    assert_eq!(b.metric("hmq_acl_reloads_total", "result=\"error\""), 1.0);
+    assert_eq!(
+        b.metric("hmq_file_reloads_total", "file=\"acl\",result=\"error\""),
+        1.0
+    );
     p.publish("t/public", b"still", 0, false).await;
     assert_eq!(s.recv_publish().await.payload, &b"still"[..]);
     p.publish("t/1", b"still denied", 0, false).await;

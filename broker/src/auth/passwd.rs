@@ -319,40 +319,4 @@ mod tests {
             Err(AuthError::InvalidUser(_))
         ));
     }
-
-    /// Runs the real `mosquitto_passwd` (Debian package `mosquitto`): we verify what it writes,
-    /// and it updates a file holding a line of ours without disturbing it. `cargo test -p hmq
-    /// --lib auth -- --ignored`.
-    #[test]
-    #[ignore = "needs mosquitto_passwd on the PATH"]
-    fn interop_with_mosquitto_passwd() {
-        use std::process::Command;
-        let dir = TempDir::new();
-        let path = dir.0.join("passwd");
-        let run = |args: &[&str]| {
-            let status = Command::new("mosquitto_passwd")
-                .args(args)
-                .status()
-                .unwrap();
-            assert!(status.success(), "mosquitto_passwd {args:?}");
-        };
-        let p = path.to_str().unwrap();
-        run(&["-c", "-b", p, "user", "pass"]);
-        run(&["-b", p, "ünï cödé", "p@ss:wörd"]);
-        run(&["-H", "sha512", "-b", p, "olduser", "oldpass"]);
-        passwd_command(&path, "ours", b"hmq-made", 1000).unwrap();
-        // Mosquitto rewrites the file (copying other lines): ours must survive untouched.
-        run(&["-b", p, "later", "x"]);
-        let text = fs::read_to_string(&path).unwrap();
-        println!("{text}");
-        let file = PasswordFile::parse(&text, p).unwrap();
-        assert_eq!(file.len(), 5);
-        assert_eq!(file.verify("user", b"pass"), Verdict::Ok);
-        assert_eq!(file.verify("user", b"pasS"), Verdict::BadPassword);
-        assert_eq!(file.verify("ünï cödé", "p@ss:wörd".as_bytes()), Verdict::Ok);
-        assert_eq!(file.verify("olduser", b"oldpass"), Verdict::Ok);
-        assert_eq!(file.verify("ours", b"hmq-made"), Verdict::Ok);
-        assert_eq!(file.verify("later", b"x"), Verdict::Ok);
-        assert!(text.contains("\nours:$7$1000$"), "{text}");
-    }
 }

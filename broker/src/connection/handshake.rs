@@ -5,16 +5,18 @@ use bytes::BytesMut;
 use std::sync::Arc;
 use tokio::io::{AsyncRead, AsyncReadExt};
 
+use super::outbound::WriteQueue;
 use super::{Close, ConnInfo};
 use crate::acl::SubscribeCheck;
-use crate::session::ClientIdentity;
-use crate::topic::parse_subscription;
-use super::outbound::WriteQueue;
+use crate::auth::Verdict;
 use crate::broker::Broker;
 use crate::codec::{self, Connect, ConnectCode, DecodeError, Packet, Protocol};
+use crate::session::ClientIdentity;
 use crate::session::Owner;
 use crate::session::registry::{OpenError, Opened};
 use crate::topic::validate_name;
+use crate::topic::{Shown, parse_subscription};
+use tracing::debug;
 
 /// MQTT 3.1 limits client ids to 23 characters (3.1 spec, section 3.1); 3.1.1 lets servers accept
 /// more and so do we.
@@ -129,6 +131,38 @@ pub async fn accept(
         connect.client_id.as_str().into()
     };
 
+    // Authentication. A verified client certificate's identity stands for the user name (and
+    // needs no password) when `useIdentityAsUsername` is on; otherwise the CONNECT's.
+    let from_cert = broker.settings.use_identity_as_username && info.cert_identity.is_some();
+    let username = if from_cert {
+        info.cert_identity.as_deref()
+    } else {
+        connect.username.as_deref()
+    };
+    match username {
+        None if !broker.settings.allow_anonymous => {
+            return Err(refuse(
+                wq,
+                ConnectCode::NotAuthorized,
+                "anonymous clients are not allowed",
+            ));
+        }
+        Some(user) if !from_cert && broker.checks_passwords() => {
+            let password = connect.password.as_deref().unwrap_or_default();
+            let verdict = broker.verify_password(user, password).await;
+            if verdict != Verdict::Ok {
+                debug!(user = %Shown(user), ?verdict, "authentication failed");
+                return Err(refuse(
+                    wq,
+                    ConnectCode::BadUsernamePassword,
+                    "bad user name or password",
+                ));
+            }
+        }
+        _ => {}
+    }
+    let username: Option<Arc<str>> = username.map(Arc::from);
+
     let opened = match broker
         .sessions
         .open(
@@ -154,16 +188,9 @@ pub async fn accept(
         broker.forget(d);
     }
 
-    // Who the client is for the ACL: the certificate identity replaces the CONNECT user name
-    // when `useIdentityAsUsername` is on.
-    let username = if broker.settings.use_identity_as_username {
-        info.cert_identity.as_deref()
-    } else {
-        connect.username.as_deref()
-    };
     let identity = ClientIdentity {
         client_id: client_id.clone(),
-        username: username.map(Arc::from),
+        username,
         ip: info.peer.ip(),
     };
     session.set_access(identity.clone(), broker.client_acl(&identity));
