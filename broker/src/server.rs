@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::sync::Semaphore;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -130,11 +130,24 @@ async fn resolve(key: &'static str, host: &str, port: u16) -> Result<SocketAddr,
     })
 }
 
+/// Pending connections the kernel queues per listener. The default of `TcpListener::bind` (128)
+/// overflows when a few hundred clients (re)connect at once, and each overflowed SYN waits a
+/// second for its retry.
+const LISTEN_BACKLOG: u32 = 4096;
+
 async fn bind_one(key: &'static str, host: &str, port: u16) -> Result<TcpListener, ServerError> {
     let addr = resolve(key, host, port).await?;
-    TcpListener::bind(addr)
-        .await
-        .map_err(|source| ServerError::Bind { key, addr, source })
+    let bind = || -> io::Result<TcpListener> {
+        let socket = if addr.is_ipv4() {
+            TcpSocket::new_v4()?
+        } else {
+            TcpSocket::new_v6()?
+        };
+        socket.set_reuseaddr(true)?;
+        socket.bind(addr)?;
+        socket.listen(LISTEN_BACKLOG)
+    };
+    bind().map_err(|source| ServerError::Bind { key, addr, source })
 }
 
 impl Server {
@@ -460,31 +473,36 @@ impl Accept {
                 let (r, w) = stream.into_split();
                 self.mqtt(r, w, info).await;
             }
-            ListenerKind::Ws => self.websocket(stream, info).await,
-            ListenerKind::Tls | ListenerKind::Wss => {
-                let Some(tls) = &transport.tls else {
-                    return self.refused(&info, "TLS", "no TLS configuration");
-                };
-                let handshake = tokio::time::timeout_at(info.deadline, tls.accept(stream)).await;
-                let (tls_stream, identity) = match handshake {
-                    Ok(Ok(pair)) => pair,
-                    Ok(Err(e)) => {
-                        self.broker.metrics.tls_handshake_failures.inc();
-                        return self.refused(&info, "TLS handshake", &e.to_string());
-                    }
-                    Err(_) => {
-                        self.broker.metrics.tls_handshake_failures.inc();
-                        return self.refused(&info, "TLS handshake", "timed out");
-                    }
-                };
-                info.cert_identity = identity;
-                if kind == ListenerKind::Tls {
-                    let (r, w) = tokio::io::split(tls_stream);
-                    self.mqtt(r, w, info).await;
-                } else {
-                    self.websocket(tls_stream, info).await;
-                }
+            // The TLS and WebSocket states are several kilobytes: boxed, so that a plain TCP
+            // connection's task (the common case, and what idle-connection memory is made of)
+            // does not reserve room for them.
+            ListenerKind::Ws => Box::pin(self.websocket(stream, info)).await,
+            ListenerKind::Tls | ListenerKind::Wss => Box::pin(self.tls(stream, info)).await,
+        }
+    }
+
+    async fn tls(&self, stream: TcpStream, mut info: ConnInfo) {
+        let Some(tls) = &self.transport.tls else {
+            return self.refused(&info, "TLS", "no TLS configuration");
+        };
+        let handshake = tokio::time::timeout_at(info.deadline, tls.accept(stream)).await;
+        let (tls_stream, identity) = match handshake {
+            Ok(Ok(pair)) => pair,
+            Ok(Err(e)) => {
+                self.broker.metrics.tls_handshake_failures.inc();
+                return self.refused(&info, "TLS handshake", &e.to_string());
             }
+            Err(_) => {
+                self.broker.metrics.tls_handshake_failures.inc();
+                return self.refused(&info, "TLS handshake", "timed out");
+            }
+        };
+        info.cert_identity = identity;
+        if info.listener == ListenerKind::Tls {
+            let (r, w) = tokio::io::split(tls_stream);
+            self.mqtt(r, w, info).await;
+        } else {
+            self.websocket(tls_stream, info).await;
         }
     }
 

@@ -164,36 +164,92 @@ pub async fn serve<R, W>(
     R: AsyncRead + Unpin + Send,
     W: AsyncWrite + Unpin + Send,
 {
-    let ConnInfo { peer, listener, .. } = info;
+    let (peer, listener) = (info.peer, info.listener);
     let mut rbuf = BytesMut::new();
+    // The handshake and the final clean-up are boxed: their states are large and short-lived,
+    // and an idle connection's task should only hold what the packet loop needs.
+    let started = Box::pin(start(
+        &mut reader,
+        &mut writer,
+        &mut rbuf,
+        info,
+        &broker,
+        &shutdown,
+    ))
+    .await;
+    let Some((mut conn, keep_alive, owner)) = started else {
+        return;
+    };
+    let gauge = broker
+        .metrics
+        .connections_current
+        .with_label_values(&[listener.as_str()]);
+    gauge.inc();
+    let why = conn
+        .run(
+            &mut reader,
+            &mut writer,
+            &mut rbuf,
+            keep_alive,
+            &owner,
+            &shutdown,
+        )
+        .await;
+    Box::pin(conn.finish(&mut writer, &owner, &why)).await;
+    gauge.dec();
+    broker
+        .metrics
+        .disconnects
+        .with_label_values(&[why.label()])
+        .inc();
+    log_close(&conn.client_id, peer, listener, &why);
+}
+
+/// Reads and checks the CONNECT, opens the session and queues the CONNACK; `None` if the
+/// connection ended there (already logged and counted).
+async fn start<R, W>(
+    reader: &mut R,
+    writer: &mut W,
+    rbuf: &mut BytesMut,
+    info: ConnInfo,
+    broker: &Arc<Broker>,
+    shutdown: &CancellationToken,
+) -> Option<(Connection, Option<Duration>, Owner)>
+where
+    R: AsyncRead + Unpin + Send,
+    W: AsyncWrite + Unpin + Send,
+{
+    let ConnInfo { peer, listener, .. } = info;
     let mut wq = WriteQueue::default();
     let first = tokio::select! {
         r = tokio::time::timeout_at(
             info.deadline,
-            handshake::read_first(&mut reader, &mut rbuf, &broker),
+            handshake::read_first(reader, rbuf, broker),
         ) => r.unwrap_or(Err(Close::ConnectTimeout)),
         _ = shutdown.cancelled() => Err(Close::Shutdown),
     };
     let connect = match first {
         Ok(First::Connect(c)) => *c,
         Ok(First::UnsupportedProtocol(level)) => {
-            let why = handshake::refuse_protocol(&broker, &mut wq, level);
-            return end_before_session(&broker, &mut writer, &mut wq, peer, listener, why).await;
+            let why = handshake::refuse_protocol(broker, &mut wq, level);
+            end_before_session(broker, writer, &mut wq, peer, listener, why).await;
+            return None;
         }
         Err(why) => {
-            return end_before_session(&broker, &mut writer, &mut wq, peer, listener, why).await;
+            end_before_session(broker, writer, &mut wq, peer, listener, why).await;
+            return None;
         }
     };
 
     let owner = Owner::new(broker.next_conn_id());
-    let accepted = match handshake::accept(connect, &info, &broker, owner.clone(), &mut wq).await {
+    let accepted = match handshake::accept(connect, &info, broker, owner.clone(), &mut wq).await {
         Ok(a) => a,
         Err(why) => {
-            return end_before_session(&broker, &mut writer, &mut wq, peer, listener, why).await;
+            end_before_session(broker, writer, &mut wq, peer, listener, why).await;
+            return None;
         }
     };
     let mut connect = accepted.connect;
-    let present = accepted.opened.present;
     info!(
         client_id = %accepted.client_id,
         %peer,
@@ -201,15 +257,9 @@ pub async fn serve<R, W>(
         protocol = ?connect.protocol,
         clean_session = connect.clean_session,
         keep_alive = connect.keep_alive,
-        session_present = present,
+        session_present = accepted.opened.present,
         "client connected"
     );
-    let gauge = broker
-        .metrics
-        .connections_current
-        .with_label_values(&[listener.as_str()]);
-    gauge.inc();
-
     let mut conn = Connection {
         broker: broker.clone(),
         client_id: accepted.client_id,
@@ -221,28 +271,9 @@ pub async fn serve<R, W>(
     };
     conn.resend_inflight();
     conn.pump();
-
     let keep_alive = (connect.keep_alive > 0)
         .then(|| Duration::from_millis(u64::from(connect.keep_alive) * 1500));
-    let why = conn
-        .run(
-            &mut reader,
-            &mut writer,
-            &mut rbuf,
-            keep_alive,
-            &owner,
-            &shutdown,
-        )
-        .await;
-
-    conn.finish(&mut writer, &owner, &why).await;
-    gauge.dec();
-    broker
-        .metrics
-        .disconnects
-        .with_label_values(&[why.label()])
-        .inc();
-    log_close(&conn.client_id, peer, listener, &why);
+    Some((conn, keep_alive, owner))
 }
 
 fn log_close(client_id: &str, peer: SocketAddr, listener: ListenerKind, why: &Close) {

@@ -15,7 +15,7 @@ use tokio::io::{AsyncWrite, AsyncWriteExt};
 pub const ZERO_COPY_MIN: usize = 2048;
 
 /// Most slices handed to one vectored write.
-const MAX_SLICES: usize = 32;
+const MAX_SLICES: usize = 16;
 
 /// Spare capacity of the coalescing buffer kept after it empties; more is released so an idle
 /// connection holds little memory.
