@@ -218,8 +218,9 @@ impl Broker {
     }
 
     /// Routes a message to every matching session and stores it if retained. Returns the number
-    /// of sessions it was offered to.
-    pub fn publish(&self, msg: &Arc<Message>) -> usize {
+    /// of sessions it was offered to and a congested one, if any (see `Enqueued::Congested`).
+    pub fn publish(&self, msg: &Arc<Message>) -> (usize, Option<Arc<Session>>) {
+        let mut congested = None;
         if msg.retain {
             self.store_retained(msg);
         }
@@ -237,6 +238,11 @@ impl Broker {
             };
             match session.deliver(d, policy) {
                 Enqueued::Queued => {}
+                Enqueued::Congested => {
+                    if congested.is_none() {
+                        congested = Some(session.clone());
+                    }
+                }
                 Enqueued::QueuedEvictedQos0 | Enqueued::DroppedQueueFull => {
                     dropped.queue_full.inc()
                 }
@@ -246,7 +252,7 @@ impl Broker {
         if n == 0 {
             dropped.no_subscriber.inc();
         }
-        n
+        (n, congested)
     }
 
     fn store_retained(&self, msg: &Arc<Message>) {
@@ -281,7 +287,10 @@ impl Broker {
                 msg,
                 retain: true,
             };
-            if session.deliver(d, self.settings.queue) != Enqueued::Queued {
+            if matches!(
+                session.deliver(d, self.settings.queue),
+                Enqueued::DroppedQueueFull | Enqueued::QueuedEvictedQos0
+            ) {
                 self.metrics.dropped.queue_full.inc();
             }
         }

@@ -268,6 +268,8 @@ where
         will: connect.will.take(),
         wq,
         batch: Vec::new(),
+        pressure: None,
+        client_slow: false,
     };
     conn.resend_inflight();
     conn.pump();
@@ -336,6 +338,11 @@ struct Connection {
     wq: WriteQueue,
     /// Reused buffer for deliveries taken from the inbox.
     batch: Vec<Delivery>,
+    /// A subscriber this client's messages congested: the socket is not read until it has
+    /// drained (or `session::MAX_WAIT_FOR_ROOM` has passed).
+    pressure: Option<Arc<Session>>,
+    /// Last value given to `Session::set_client_slow`.
+    client_slow: bool,
 }
 
 impl Connection {
@@ -389,7 +396,10 @@ impl Connection {
                     notified.set(session.notify().notified());
                     self.pump();
                 }
-                r = reader.read_buf(rbuf), if self.wq.len() < READ_PAUSE => {
+                _ = wait_for_room(self.pressure.clone()), if self.pressure.is_some() => {
+                    self.pressure = None;
+                }
+                r = reader.read_buf(rbuf), if self.wq.len() < READ_PAUSE && self.pressure.is_none() => {
                     match r {
                         Ok(0) => return Close::PeerClosed,
                         Ok(n) => {
@@ -498,29 +508,33 @@ impl Connection {
         let session = &self.session;
         // A refused PUBLISH is still acknowledged as its QoS requires (hmq left QoS 1/2 publishes
         // unacknowledged, so clients retried forever), then dropped and counted.
-        let route = |broker: &Broker, p: Publish| {
+        let route = |broker: &Broker, p: Publish| -> Option<Arc<Session>> {
             if is_sys_topic(&p.topic) {
                 broker.metrics.dropped.sys_topic.inc();
                 debug!(topic = %Shown(&p.topic), "client PUBLISH to $SYS dropped");
-                return;
+                return None;
             }
             if !session.acl().can_publish(&p.topic) {
                 broker.metrics.dropped.acl.inc();
                 broker.metrics.acl_denied.publish.inc();
                 debug!(client_id = %session.client_id(), topic = %Shown(&p.topic), "PUBLISH denied by the ACL");
-                return;
+                return None;
             }
-            broker.publish(&Message::new(p.topic, p.payload, p.qos, p.retain));
+            let (_, congested) = broker.publish(&Message::new(p.topic, p.payload, p.qos, p.retain));
+            // Waiting for our own inbox would only wait for ourselves.
+            congested.filter(|c| c.id() != session.id())
         };
-        match p.qos {
+        let congested = match p.qos {
             QoS::AtMostOnce => route(&self.broker, p),
             QoS::AtLeastOnce => {
                 let pkid = p.pkid;
-                route(&self.broker, p);
+                let congested = route(&self.broker, p);
                 codec::encode_ack(self.wq.buf(), Ack::PubAck, pkid);
+                congested
             }
             QoS::ExactlyOnce => {
                 let pkid = p.pkid;
+                let mut congested = None;
                 if !self.core.awaiting_rel.contains(&pkid) {
                     if self.core.awaiting_rel.len() >= self.broker.settings.max_awaiting_rel {
                         return Err(Close::Limit(format!(
@@ -529,12 +543,16 @@ impl Connection {
                         )));
                     }
                     self.core.awaiting_rel.insert(pkid);
-                    route(&self.broker, p);
+                    congested = route(&self.broker, p);
                 }
                 // A retransmission of a message already received is acknowledged again, not
                 // routed again: exactly once.
                 codec::encode_ack(self.wq.buf(), Ack::PubRec, pkid);
+                congested
             }
+        };
+        if congested.is_some() && self.pressure.is_none() {
+            self.pressure = congested;
         }
         Ok(())
     }
@@ -592,12 +610,21 @@ impl Connection {
         loop {
             let mut budget = HIGH_WATER.saturating_sub(self.wq.len());
             let mut inflight = self.core.outbound.len();
+            // Why the inbox was left non-empty: the client (window full, output backed up), or
+            // only the batch size.
+            let mut client_slow = false;
             {
                 let mut inbox = self.session.inbox();
-                while self.batch.len() < BATCH && budget > 0 {
+                let before = inbox.len();
+                while self.batch.len() < BATCH {
                     let Some(front) = inbox.front() else { break };
+                    if budget == 0 {
+                        client_slow = true;
+                        break;
+                    }
                     if front.qos != QoS::AtMostOnce {
                         if inflight >= max_inflight {
+                            client_slow = true;
                             break;
                         }
                         inflight += 1;
@@ -611,6 +638,11 @@ impl Connection {
                         self.batch.push(d);
                     }
                 }
+                self.session.drained(before, inbox.len());
+            }
+            if client_slow != self.client_slow {
+                self.client_slow = client_slow;
+                self.session.set_client_slow(client_slow);
             }
             if self.batch.is_empty() {
                 return;
@@ -698,6 +730,13 @@ impl Connection {
         if let Some(discarded) = self.broker.sessions.release(&self.session, core, owner) {
             self.broker.forget(discarded);
         }
+    }
+}
+
+/// Waits for room in a congested subscriber's inbox (bounded; see `Session::wait_for_room`).
+async fn wait_for_room(session: Option<Arc<Session>>) {
+    if let Some(s) = session {
+        s.wait_for_room().await;
     }
 }
 

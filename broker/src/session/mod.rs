@@ -99,6 +99,10 @@ impl Inbox {
 pub enum Enqueued {
     /// Queued.
     Queued,
+    /// Queued, and the inbox is past [`CONGESTED`] while its connection could send more: the
+    /// broker is delivering slower than this publisher publishes, so the publisher should wait
+    /// for room (see [`Session::wait_for_room`]).
+    Congested,
     /// Queued, and the oldest queued QoS 0 message was dropped to make room.
     QueuedEvictedQos0,
     /// Dropped: the queue is full of QoS 1/2 messages.
@@ -106,6 +110,18 @@ pub enum Enqueued {
     /// Dropped: QoS 0 for an offline session, not queued by configuration.
     DroppedOffline,
 }
+
+/// Inbox length from which a connected subscriber whose connection can still send counts as
+/// congested: publishers feeding it wait (briefly) for it to drain, so that a burst is absorbed by
+/// flow control rather than by a growing queue or by drops.
+pub const CONGESTED: usize = 256;
+
+/// Inbox length below which waiting publishers are woken.
+const RELIEVED: usize = CONGESTED / 4;
+
+/// Longest a publisher waits for a congested subscriber before reading again: flow control
+/// slows a publisher down to what the broker can deliver, it never stops it.
+pub const MAX_WAIT_FOR_ROOM: std::time::Duration = std::time::Duration::from_millis(50);
 
 /// Queueing policy, from the configuration.
 #[derive(Debug, Clone, Copy)]
@@ -204,6 +220,12 @@ pub struct Session {
     /// publishers (delivery through a subscription that needs a per-message check).
     acl: ArcSwap<ClientAcl>,
     identity: Mutex<Option<ClientIdentity>>,
+    /// Set by the owning connection while the client itself is the bottleneck (its socket is
+    /// backed up or its in-flight window is full). Such a subscriber never slows publishers: its
+    /// queue fills and the overflow is dropped and counted instead.
+    client_slow: AtomicBool,
+    /// Woken when the inbox drains below `RELIEVED`.
+    room: Notify,
 }
 
 impl Session {
@@ -224,7 +246,33 @@ impl Session {
             }),
             acl: ArcSwap::from_pointee(ClientAcl::allow_all()),
             identity: Mutex::new(None),
+            client_slow: AtomicBool::new(false),
+            room: Notify::new(),
         }
+    }
+
+    /// Records whether the client is the bottleneck (see the field's documentation).
+    pub fn set_client_slow(&self, slow: bool) {
+        self.client_slow.store(slow, Ordering::Relaxed);
+    }
+
+    /// Called by the owning connection after it took messages out of the inbox: wakes the
+    /// publishers waiting for room once the inbox has drained enough.
+    pub fn drained(&self, before: usize, after: usize) {
+        if before >= RELIEVED && after < RELIEVED {
+            self.room.notify_waiters();
+        }
+    }
+
+    /// Waits until the inbox has drained below the congestion mark, or `MAX_WAIT_FOR_ROOM`.
+    pub async fn wait_for_room(&self) {
+        let notified = self.room.notified();
+        tokio::pin!(notified);
+        notified.as_mut().enable();
+        if self.inbox.lock().len() < CONGESTED || !self.is_online() {
+            return;
+        }
+        let _ = tokio::time::timeout(MAX_WAIT_FOR_ROOM, notified).await;
     }
 
     /// Sets who the client is and its compiled ACL (at CONNECT, and after an ACL reload).
@@ -287,9 +335,17 @@ impl Session {
         }
         let was_empty = inbox.is_empty();
         inbox.push(d);
+        let len = inbox.len();
         drop(inbox);
         if was_empty && online {
             self.notify.notify_one();
+        }
+        if outcome == Enqueued::Queued
+            && len >= CONGESTED
+            && online
+            && !self.client_slow.load(Ordering::Relaxed)
+        {
+            return Enqueued::Congested;
         }
         outcome
     }
