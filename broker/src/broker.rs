@@ -148,10 +148,10 @@ impl Broker {
     }
 
     /// The ACL compiled for one client (allow-all when the ACL is off).
-    pub fn client_acl(&self, who: &ClientIdentity) -> ClientAcl {
+    pub fn client_acl(&self, who: &ClientIdentity) -> Arc<ClientAcl> {
         match &self.acl {
-            Some(acl) => acl.load().for_client(&who.as_acl()),
-            None => ClientAcl::allow_all(),
+            Some(acl) => Arc::new(acl.load().for_client(&who.as_acl())),
+            None => ClientAcl::shared_allow_all(),
         }
     }
 

@@ -214,6 +214,14 @@ impl ClientAcl {
         }
     }
 
+    /// One shared allow-all instance, so that a broker without an ACL does not allocate one per
+    /// client.
+    pub fn shared_allow_all() -> Arc<ClientAcl> {
+        static ALLOW_ALL: std::sync::LazyLock<Arc<ClientAcl>> =
+            std::sync::LazyLock::new(|| Arc::new(ClientAcl::allow_all()));
+        ALLOW_ALL.clone()
+    }
+
     /// Whether the client may publish to `topic` (a valid topic name). No allocation.
     pub fn can_publish(&self, topic: &str) -> bool {
         decide(&self.publish, topic)

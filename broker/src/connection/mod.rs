@@ -11,11 +11,13 @@ pub mod outbound;
 
 use bytes::BytesMut;
 use std::fmt;
+use std::io;
 use std::net::SocketAddr;
-use std::pin::pin;
+use std::pin::{Pin, pin};
 use std::sync::Arc;
+use std::task::{Poll, ready};
 use std::time::Duration;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
@@ -24,7 +26,7 @@ use crate::acl::SubscribeCheck;
 use crate::broker::Broker;
 use crate::codec::{self, Ack, Packet, Publish, QoS, Will};
 use crate::message::{Delivery, Message};
-use crate::session::{Awaiting, KickReason, Owner, Session, SessionCore};
+use crate::session::{Awaiting, KickReason, MAX_WAIT_FOR_ROOM, Owner, Session, SessionCore};
 use crate::topic::{Shown, TopicError, parse_subscription, validate_name};
 use handshake::First;
 use outbound::WriteQueue;
@@ -186,14 +188,7 @@ pub async fn serve<R, W>(
         .with_label_values(&[listener.as_str()]);
     gauge.inc();
     let why = conn
-        .run(
-            &mut reader,
-            &mut writer,
-            &mut rbuf,
-            keep_alive,
-            &owner,
-            &shutdown,
-        )
+        .run(&mut reader, &mut writer, &mut rbuf, keep_alive, &owner)
         .await;
     Box::pin(conn.finish(&mut writer, &owner, &why)).await;
     gauge.dec();
@@ -241,7 +236,7 @@ where
         }
     };
 
-    let owner = Owner::new(broker.next_conn_id());
+    let owner = Owner::with_parent(broker.next_conn_id(), shutdown);
     let accepted = match handshake::accept(connect, &info, broker, owner.clone(), &mut wq).await {
         Ok(a) => a,
         Err(why) => {
@@ -353,7 +348,6 @@ impl Connection {
         rbuf: &mut BytesMut,
         keep_alive: Option<Duration>,
         owner: &Owner,
-        shutdown: &CancellationToken,
     ) -> Close
     where
         R: AsyncRead + Unpin + Send,
@@ -363,26 +357,28 @@ impl Connection {
         let mut notified = pin!(session.notify().notified());
         let mut last_read = Instant::now();
         let far = Duration::from_secs(86_400 * 365);
+        // One timer for the keepalive deadline and the end of a wait for a congested subscriber.
         let mut keepalive_timer = pin!(tokio::time::sleep(keep_alive.unwrap_or(far)));
+        let mut pressure_until: Option<Instant> = None;
         // Packets that arrived in the same read as the CONNECT: clients may send them before
         // the CONNACK [MQTT-3.1.4-5 note].
         if let Err(why) = self.handle_buffered(rbuf) {
             return why;
         }
+        if rbuf.is_empty() {
+            *rbuf = BytesMut::new();
+        }
         self.pump();
         loop {
-            if rbuf.capacity() - rbuf.len() < 256 {
-                rbuf.reserve(READ_CHUNK);
-            }
             tokio::select! {
                 biased;
+                // `kick` is a child of the shutdown token: one future serves both.
                 _ = owner.kick.cancelled() => {
                     return match *owner.kick_reason.lock() {
-                        Some(KickReason::Shutdown) => Close::Shutdown,
-                        _ => Close::Takeover,
+                        Some(KickReason::Takeover) => Close::Takeover,
+                        _ => Close::Shutdown,
                     };
                 }
-                _ = shutdown.cancelled() => return Close::Shutdown,
                 r = self.wq.write_to(writer), if !self.wq.is_empty() => match r {
                     Ok(n) => {
                         self.broker.metrics.bytes_out.inc_by(n as u64);
@@ -394,31 +390,53 @@ impl Connection {
                 },
                 _ = &mut notified => {
                     notified.set(session.notify().notified());
+                    // Also how a subscriber we wait for says it has drained.
+                    if self.pressure.as_ref().is_some_and(|c| !c.congested()) {
+                        self.pressure = None;
+                        pressure_until = None;
+                    }
                     self.pump();
                 }
-                _ = wait_for_room(self.pressure.clone()), if self.pressure.is_some() => {
-                    self.pressure = None;
-                }
-                r = reader.read_buf(rbuf), if self.wq.len() < READ_PAUSE && self.pressure.is_none() => {
-                    match r {
+                r = read_some(reader, rbuf), if self.wq.len() < READ_PAUSE && self.pressure.is_none() => {
+                    let n = match r {
                         Ok(0) => return Close::PeerClosed,
-                        Ok(n) => {
-                            self.broker.metrics.bytes_in.inc_by(n as u64);
-                            last_read = Instant::now();
-                        }
+                        Ok(n) => n,
                         Err(e) => return Close::Network(e.to_string()),
-                    }
+                    };
+                    self.broker.metrics.bytes_in.inc_by(n as u64);
+                    last_read = Instant::now();
                     if let Err(why) = self.handle_buffered(rbuf) {
                         return why;
                     }
+                    if rbuf.is_empty() && n < SMALL_READ {
+                        // Light traffic: give the buffer back, so that an idle connection holds
+                        // none (the next read starts in a stack buffer, see `read_some`).
+                        *rbuf = BytesMut::new();
+                    }
+                    if self.pressure.is_some() && pressure_until.is_none() {
+                        let until = Instant::now() + MAX_WAIT_FOR_ROOM;
+                        pressure_until = Some(until);
+                        if until < keepalive_timer.deadline() {
+                            keepalive_timer.as_mut().reset(until);
+                        }
+                    }
                     self.pump();
                 }
-                _ = &mut keepalive_timer, if keep_alive.is_some() => {
-                    let limit = keep_alive.unwrap_or(far);
-                    if last_read.elapsed() >= limit {
-                        return Close::KeepaliveTimeout;
+                _ = &mut keepalive_timer, if keep_alive.is_some() || pressure_until.is_some() => {
+                    let now = Instant::now();
+                    if pressure_until.is_some_and(|t| t <= now) {
+                        // Flow control slows a publisher down, it never stops it.
+                        self.pressure = None;
+                        pressure_until = None;
                     }
-                    keepalive_timer.as_mut().reset(last_read + limit);
+                    let mut next = pressure_until.unwrap_or(now + far);
+                    if let Some(limit) = keep_alive {
+                        if now.duration_since(last_read) >= limit {
+                            return Close::KeepaliveTimeout;
+                        }
+                        next = next.min(last_read + limit);
+                    }
+                    keepalive_timer.as_mut().reset(next);
                 }
             }
         }
@@ -551,8 +569,10 @@ impl Connection {
                 congested
             }
         };
-        if congested.is_some() && self.pressure.is_none() {
-            self.pressure = congested;
+        if let Some(c) = congested {
+            if self.pressure.is_none() && c.wait_for_room(&self.session) {
+                self.pressure = Some(c);
+            }
         }
         Ok(())
     }
@@ -733,11 +753,31 @@ impl Connection {
     }
 }
 
-/// Waits for room in a congested subscriber's inbox (bounded; see `Session::wait_for_room`).
-async fn wait_for_room(session: Option<Arc<Session>>) {
-    if let Some(s) = session {
-        s.wait_for_room().await;
-    }
+/// Reads of at most this many bytes count as light traffic (see `read_some`).
+const SMALL_READ: usize = 256;
+
+/// Reads what the transport has. A connection without a read buffer (an idle one: its buffer
+/// is released after light traffic) reads into a small stack buffer first and allocates only
+/// once bytes have arrived, so that waiting costs no heap memory.
+async fn read_some<R: AsyncRead + Unpin>(reader: &mut R, rbuf: &mut BytesMut) -> io::Result<usize> {
+    std::future::poll_fn(|cx| {
+        if rbuf.capacity() == 0 {
+            let mut small = [0u8; SMALL_READ];
+            let mut buf = ReadBuf::new(&mut small);
+            ready!(Pin::new(&mut *reader).poll_read(cx, &mut buf))?;
+            let n = buf.filled().len();
+            if n > 0 {
+                rbuf.reserve(READ_CHUNK);
+                rbuf.extend_from_slice(buf.filled());
+            }
+            return Poll::Ready(Ok(n));
+        }
+        if rbuf.capacity() - rbuf.len() < SMALL_READ {
+            rbuf.reserve(READ_CHUNK);
+        }
+        tokio_util::io::poll_read_buf(Pin::new(&mut *reader), cx, rbuf)
+    })
+    .await
 }
 
 /// `$SYS` topics belong to the broker: clients cannot publish there.

@@ -9,17 +9,14 @@ use bytes::{Buf, Bytes, BytesMut};
 use smallvec::SmallVec;
 use std::collections::VecDeque;
 use std::io::{self, IoSlice};
+use std::pin::Pin;
 use tokio::io::{AsyncWrite, AsyncWriteExt};
 
 /// Payloads at least this large are queued by reference rather than copied.
 pub const ZERO_COPY_MIN: usize = 2048;
 
 /// Most slices handed to one vectored write.
-const MAX_SLICES: usize = 16;
-
-/// Spare capacity of the coalescing buffer kept after it empties; more is released so an idle
-/// connection holds little memory.
-const KEEP_CAPACITY: usize = 16 * 1024;
+const MAX_SLICES: usize = 32;
 
 /// Pending output of one connection. See the module documentation.
 #[derive(Debug, Default)]
@@ -64,9 +61,11 @@ impl WriteQueue {
 
     /// Writes as much as one vectored write takes. Returns the bytes written.
     ///
-    /// Cancel-safe: if the future is dropped before completing, nothing was written.
+    /// Cancel-safe: if the future is dropped before completing, nothing was written. The slices
+    /// are built on the stack inside `poll`, so the future itself stays a few bytes (it lives in
+    /// every connection task).
     pub async fn write_to<W: AsyncWrite + Unpin>(&mut self, w: &mut W) -> io::Result<usize> {
-        let n = {
+        let n = std::future::poll_fn(|cx| {
             let mut slices: SmallVec<[IoSlice<'_>; MAX_SLICES]> = self
                 .chunks
                 .iter()
@@ -76,8 +75,9 @@ impl WriteQueue {
             if slices.len() == self.chunks.len() && !self.tail.is_empty() {
                 slices.push(IoSlice::new(&self.tail));
             }
-            w.write_vectored(&slices).await?
-        };
+            Pin::new(&mut *w).poll_write_vectored(cx, &slices)
+        })
+        .await?;
         if n == 0 {
             return Err(io::ErrorKind::WriteZero.into());
         }
@@ -100,7 +100,9 @@ impl WriteQueue {
             self.chunks.pop_front();
         }
         self.tail.advance(n);
-        if self.tail.is_empty() && self.tail.capacity() > KEEP_CAPACITY {
+        if self.tail.is_empty() {
+            // Everything is written: release the buffer, so an idle connection holds none (a
+            // burst allocates it again once, which costs far less than its write syscall).
             self.tail = BytesMut::new();
         }
     }

@@ -20,8 +20,8 @@ use arc_swap::ArcSwap;
 use parking_lot::Mutex;
 use std::collections::VecDeque;
 use std::net::IpAddr;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Weak};
 use std::time::Instant;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
@@ -158,9 +158,15 @@ pub struct Owner {
 impl Owner {
     /// A fresh owner handle for connection `conn_id`.
     pub fn new(conn_id: u64) -> Owner {
+        Owner::with_parent(conn_id, &CancellationToken::new())
+    }
+
+    /// An owner handle whose `kick` is also cancelled when `shutdown` is, so the connection
+    /// watches one token for both (one future less in every connection task).
+    pub fn with_parent(conn_id: u64, shutdown: &CancellationToken) -> Owner {
         Owner {
             conn_id,
-            kick: CancellationToken::new(),
+            kick: shutdown.child_token(),
             kick_reason: Arc::new(Mutex::new(None)),
             released: CancellationToken::new(),
         }
@@ -175,7 +181,9 @@ impl Owner {
 
 #[derive(Debug)]
 struct Control {
-    core: Option<SessionCore>,
+    /// Parked while offline; boxed, because while the client is online (the common case) the
+    /// connection holds the state and this slot is empty.
+    core: Option<Box<SessionCore>>,
     owner: Option<Owner>,
     persistent: bool,
     offline_since: Option<Instant>,
@@ -224,8 +232,9 @@ pub struct Session {
     /// backed up or its in-flight window is full). Such a subscriber never slows publishers: its
     /// queue fills and the overflow is dropped and counted instead.
     client_slow: AtomicBool,
-    /// Woken when the inbox drains below `RELIEVED`.
-    room: Notify,
+    /// Publishers waiting for this inbox to drain (see `wait_for_room`); woken through their
+    /// own `notify` when it drops below `RELIEVED`.
+    waiting: Mutex<Vec<Weak<Session>>>,
 }
 
 impl Session {
@@ -238,16 +247,16 @@ impl Session {
             notify: Notify::new(),
             online: AtomicBool::new(false),
             control: Mutex::new(Control {
-                core: Some(SessionCore::default()),
+                core: Some(Box::default()),
                 owner: None,
                 persistent,
                 offline_since: None,
                 discarded: false,
             }),
-            acl: ArcSwap::from_pointee(ClientAcl::allow_all()),
+            acl: ArcSwap::new(ClientAcl::shared_allow_all()),
             identity: Mutex::new(None),
             client_slow: AtomicBool::new(false),
-            room: Notify::new(),
+            waiting: Mutex::new(Vec::new()),
         }
     }
 
@@ -260,30 +269,40 @@ impl Session {
     /// publishers waiting for room once the inbox has drained enough.
     pub fn drained(&self, before: usize, after: usize) {
         if before >= RELIEVED && after < RELIEVED {
-            self.room.notify_waiters();
+            let waiting = std::mem::take(&mut *self.waiting.lock());
+            for publisher in waiting.iter().filter_map(Weak::upgrade) {
+                publisher.notify.notify_one();
+            }
         }
     }
 
-    /// Waits until the inbox has drained below the congestion mark, or `MAX_WAIT_FOR_ROOM`.
-    pub async fn wait_for_room(&self) {
-        let notified = self.room.notified();
-        tokio::pin!(notified);
-        notified.as_mut().enable();
+    /// Registers `publisher` to be woken (through its own `notify`) when this inbox drains.
+    /// Returns false if there is nothing to wait for (already drained, or not connected).
+    pub fn wait_for_room(&self, publisher: &Arc<Session>) -> bool {
+        let mut waiting = self.waiting.lock();
         if self.inbox.lock().len() < CONGESTED || !self.is_online() {
-            return;
+            return false;
         }
-        let _ = tokio::time::timeout(MAX_WAIT_FOR_ROOM, notified).await;
+        if !waiting.iter().any(|w| w.as_ptr() == Arc::as_ptr(publisher)) {
+            waiting.push(Arc::downgrade(publisher));
+        }
+        true
+    }
+
+    /// Whether this inbox is still past the congestion mark.
+    pub fn congested(&self) -> bool {
+        self.is_online() && self.inbox.lock().len() >= CONGESTED
     }
 
     /// Sets who the client is and its compiled ACL (at CONNECT, and after an ACL reload).
-    pub fn set_access(&self, identity: ClientIdentity, acl: ClientAcl) {
+    pub fn set_access(&self, identity: ClientIdentity, acl: Arc<ClientAcl>) {
         *self.identity.lock() = Some(identity);
-        self.acl.store(Arc::new(acl));
+        self.acl.store(acl);
     }
 
     /// Replaces the compiled ACL (after a reload), keeping the identity.
-    pub fn set_acl(&self, acl: ClientAcl) {
-        self.acl.store(Arc::new(acl));
+    pub fn set_acl(&self, acl: Arc<ClientAcl>) {
+        self.acl.store(acl);
     }
 
     /// The client's identity, once it has connected.

@@ -56,8 +56,8 @@ pub enum OpenError {
 enum Step {
     WaitFor(Owner),
     Retry,
-    Discard(Option<SessionCore>),
-    Resume(SessionCore),
+    Discard(Option<Box<SessionCore>>),
+    Resume(Box<SessionCore>),
 }
 
 /// Sessions by client id, with the ownership protocol above.
@@ -150,7 +150,7 @@ impl Registry {
                     Step::Resume(core) => {
                         return Ok(Opened {
                             session: existing,
-                            core,
+                            core: *core,
                             present: true,
                             discarded,
                         });
@@ -199,7 +199,7 @@ impl Registry {
             if c.discarded {
                 // Nothing to keep.
             } else if c.persistent {
-                c.core = Some(core);
+                c.core = Some(Box::new(core));
                 c.offline_since = Some(Instant::now());
             } else {
                 c.discarded = true;
