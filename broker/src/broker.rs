@@ -220,6 +220,20 @@ impl Broker {
     /// Routes a message to every matching session and stores it if retained. Returns the number
     /// of sessions it was offered to and a congested one, if any (see `Enqueued::Congested`).
     pub fn publish(&self, msg: &Arc<Message>) -> (usize, Option<Arc<Session>>) {
+        let (n, congested) = self.route_message(msg);
+        if n == 0 {
+            self.metrics.dropped.no_subscriber.inc();
+        }
+        (n, congested)
+    }
+
+    /// Publishes a message the broker itself originates (`$SYS`): routed like any other, but
+    /// not counted as a dropped publish when nobody listens.
+    pub fn publish_internal(&self, msg: &Arc<Message>) {
+        self.route_message(msg);
+    }
+
+    fn route_message(&self, msg: &Arc<Message>) -> (usize, Option<Arc<Session>>) {
         let mut congested = None;
         if msg.retain {
             self.store_retained(msg);
@@ -249,9 +263,6 @@ impl Broker {
                 Enqueued::DroppedOffline => dropped.offline_qos0.inc(),
             }
         });
-        if n == 0 {
-            dropped.no_subscriber.inc();
-        }
         (n, congested)
     }
 

@@ -19,6 +19,7 @@ pub mod metrics;
 pub mod router;
 pub mod server;
 pub mod session;
+pub mod sys;
 pub mod topic;
 pub mod transport;
 pub mod watch;

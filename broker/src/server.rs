@@ -88,6 +88,7 @@ pub struct Server {
     max_connections: usize,
     acl_path: Option<PathBuf>,
     password_path: Option<PathBuf>,
+    sys_interval: u64,
 }
 
 /// What the accept side needs to turn a TCP connection into an MQTT byte stream.
@@ -199,6 +200,7 @@ impl Server {
             broker: Arc::new(Broker::new(config, acl, passwords)),
             acl_path: config.acl.then(|| config.acl_conf.clone()).flatten(),
             password_path: config.password_file.clone(),
+            sys_interval: config.sys_interval,
             listeners,
             transport: Arc::new(TransportConfig {
                 tls,
@@ -239,6 +241,7 @@ impl Server {
             max_connections,
             acl_path,
             password_path,
+            sys_interval,
         } = self;
         let tracker = TaskTracker::new();
         let permits = if max_connections == 0 {
@@ -258,6 +261,13 @@ impl Server {
             tls.spawn_reloader(shutdown.clone());
         }
         let sweeper = tokio::spawn(sweep_sessions(broker.clone(), shutdown.clone()));
+        if sys_interval > 0 {
+            tokio::spawn(crate::sys::publish_statistics(
+                broker.clone(),
+                Duration::from_secs(sys_interval),
+                shutdown.clone(),
+            ));
+        }
         if let Some(path) = acl_path {
             let b = broker.clone();
             tokio::spawn(watch_file(

@@ -78,8 +78,8 @@ async fn session_present_flag_follows_the_stored_session() {
         !present,
         "the clean-session connection discarded the stored session [MQTT-3.1.2-6]"
     );
-    let no_subscriber = b.metric("hmq_publish_dropped_total", "reason=\"no_subscriber\"");
     let mut p = Client::new(b.addr, "sp-pub").await;
+    let no_subscriber = b.metric("hmq_publish_dropped_total", "reason=\"no_subscriber\"");
     p.publish("sp/t", b"x", 1, false).await;
     c.expect_silence().await;
     assert_eq!(

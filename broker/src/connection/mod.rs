@@ -266,6 +266,7 @@ where
         pressure: None,
         client_slow: false,
     };
+    crate::sys::publish_presence(broker, &conn.client_id, true);
     conn.resend_inflight();
     conn.pump();
     let keep_alive = (connect.keep_alive > 0)
@@ -746,6 +747,9 @@ impl Connection {
                 }
             }
         }
+        // Every close, a broker shutdown included, ends with the offline notification: a
+        // drained client looks offline, not crashed (no will), to the others.
+        crate::sys::publish_presence(&self.broker, &self.client_id, false);
         let core = std::mem::take(&mut self.core);
         if let Some(discarded) = self.broker.sessions.release(&self.session, core, owner) {
             self.broker.forget(discarded);
