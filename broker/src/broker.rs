@@ -220,6 +220,9 @@ impl Broker {
     /// Routes a message to every matching session and stores it if retained. Returns the number
     /// of sessions it was offered to and a congested one, if any (see `Enqueued::Congested`).
     pub fn publish(&self, msg: &Arc<Message>) -> (usize, Option<Arc<Session>>) {
+        if msg.retain {
+            self.store_retained(msg);
+        }
         let (n, congested) = self.route_message(msg);
         if n == 0 {
             self.metrics.dropped.no_subscriber.inc();
@@ -230,14 +233,16 @@ impl Broker {
     /// Publishes a message the broker itself originates (`$SYS`): routed like any other, but
     /// not counted as a dropped publish when nobody listens.
     pub fn publish_internal(&self, msg: &Arc<Message>) {
+        if msg.retain {
+            // A fixed set of `$SYS` topics: not counted against `maxRetainedMessages`, which
+            // bounds what clients can make the broker keep.
+            self.retained.set_unbounded(msg);
+        }
         self.route_message(msg);
     }
 
     fn route_message(&self, msg: &Arc<Message>) -> (usize, Option<Arc<Session>>) {
         let mut congested = None;
-        if msg.retain {
-            self.store_retained(msg);
-        }
         let policy = self.settings.queue;
         let dropped = &self.metrics.dropped;
         let n = self.router.route(&msg.topic, |session, granted, check| {

@@ -155,27 +155,93 @@ impl Router {
                 }
             }
         } else {
-            // Overlapping filters: one copy per session at the highest granted QoS. The copy
-            // needs an ACL check only if every matching subscription of the session does (a
-            // matching subscription classified as allowed proves the topic is allowed).
-            let mut all: Vec<&Entry> = hits.iter().flat_map(|s| s.normal.values()).collect();
-            all.sort_unstable_by_key(|e| (e.session.id(), std::cmp::Reverse(e.qos)));
-            let mut i = 0;
-            while i < all.len() {
-                let id = all[i].session.id();
-                let mut check = true;
-                let mut j = i;
-                while j < all.len() && all[j].session.id() == id {
-                    check &= all[j].check;
-                    j += 1;
-                }
-                deliver(&all[i].session, all[i].qos, check);
-                calls += 1;
-                i = j;
-            }
+            calls += deliver_merged(&hits, &mut deliver);
         }
         calls
     }
+}
+
+/// Small sets of overlapping subscribers are merged by a linear scan; beyond this many, by
+/// sorting.
+const SMALL_MERGE: usize = 32;
+
+/// Delivers once per session across several matching filter nodes, at the highest granted QoS.
+/// The copy needs an ACL check only if every matching subscription of the session does (one
+/// classified as allowed proves the topic is allowed).
+///
+/// The usual shape is one large node (the topic's own subscribers) and a few small ones (say, a
+/// monitoring client on `#`): the small nodes' entries are collected (a handful), and the large
+/// node is streamed against them without allocating or sorting it.
+fn deliver_merged(hits: &Hits<'_>, deliver: &mut impl FnMut(&Arc<Session>, QoS, bool)) -> usize {
+    let Some(big) = hits
+        .iter()
+        .enumerate()
+        .max_by_key(|(_, s)| s.normal.len())
+        .map(|(i, _)| i)
+    else {
+        return 0;
+    };
+    let small_total: usize = hits
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| *i != big)
+        .map(|(_, s)| s.normal.len())
+        .sum();
+    let mut calls = 0;
+    if small_total <= SMALL_MERGE {
+        let mut small: SmallVec<[(u64, &Entry, QoS, bool); SMALL_MERGE]> = SmallVec::new();
+        for (i, subs) in hits.iter().enumerate() {
+            if i == big {
+                continue;
+            }
+            for (id, e) in &subs.normal {
+                match small.iter_mut().find(|x| x.0 == *id) {
+                    Some(x) => {
+                        x.2 = x.2.max(e.qos);
+                        x.3 &= e.check;
+                    }
+                    None => small.push((*id, e, e.qos, e.check)),
+                }
+            }
+        }
+        for (id, e) in &hits[big].normal {
+            match small.iter_mut().find(|x| x.0 == *id) {
+                Some(x) => {
+                    x.2 = x.2.max(e.qos);
+                    x.3 &= e.check;
+                }
+                None => {
+                    deliver(&e.session, e.qos, e.check);
+                    calls += 1;
+                }
+            }
+        }
+        for (_, e, qos, check) in small {
+            deliver(&e.session, qos, check);
+            calls += 1;
+        }
+        return calls;
+    }
+    // Many overlapping subscribers: sort them all by session.
+    let mut all: Vec<(u64, &Entry)> = hits
+        .iter()
+        .flat_map(|s| s.normal.iter().map(|(id, e)| (*id, e)))
+        .collect();
+    all.sort_unstable_by_key(|(id, e)| (*id, std::cmp::Reverse(e.qos)));
+    let mut i = 0;
+    while i < all.len() {
+        let id = all[i].0;
+        let mut check = true;
+        let mut j = i;
+        while j < all.len() && all[j].0 == id {
+            check &= all[j].1.check;
+            j += 1;
+        }
+        deliver(&all[i].1.session, all[i].1.qos, check);
+        calls += 1;
+        i = j;
+    }
+    calls
 }
 
 #[cfg(test)]
@@ -199,6 +265,35 @@ mod tests {
             assert!(out.insert(s.id(), q).is_none(), "session {} twice", s.id());
         });
         out
+    }
+
+    #[test]
+    fn many_overlapping_subscribers_are_merged_too() {
+        // More than SMALL_MERGE sessions on both of two overlapping filters: the sorting path.
+        let r = Router::new(8);
+        let sessions: Vec<_> = (1..=100).map(session).collect();
+        for (i, s) in sessions.iter().enumerate() {
+            let low = if i % 2 == 0 {
+                QoS::AtMostOnce
+            } else {
+                QoS::ExactlyOnce
+            };
+            r.subscribe(s, &sub("a/+"), low, true);
+            r.subscribe(s, &sub("a/b"), QoS::AtLeastOnce, i % 3 == 0);
+        }
+        let mut got = BTreeMap::new();
+        r.route("a/b", |s, q, check| {
+            assert!(got.insert(s.id(), (q, check)).is_none());
+        });
+        assert_eq!(got.len(), 100);
+        for (i, s) in sessions.iter().enumerate() {
+            let want_qos = if i % 2 == 0 {
+                QoS::AtLeastOnce
+            } else {
+                QoS::ExactlyOnce
+            };
+            assert_eq!(got[&s.id()], (want_qos, i % 3 == 0), "session {i}");
+        }
     }
 
     #[test]

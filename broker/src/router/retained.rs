@@ -125,6 +125,15 @@ impl RetainedStore {
 
     /// Stores `msg` as the retained message of its topic, or deletes it if the payload is empty.
     pub fn set(&self, msg: &Arc<Message>) -> Retained {
+        self.set_inner(msg, true)
+    }
+
+    /// Like `set`, but never refused for the limit (for the broker's own `$SYS` topics).
+    pub fn set_unbounded(&self, msg: &Arc<Message>) -> Retained {
+        self.set_inner(msg, false)
+    }
+
+    fn set_inner(&self, msg: &Arc<Message>, bounded: bool) -> Retained {
         let levels: smallvec::SmallVec<[&str; 16]> = msg.topic.split('/').collect();
         let mut shard = self.shard(levels[0]).write();
         if msg.payload.is_empty() {
@@ -134,7 +143,8 @@ impl RetainedStore {
             return Retained::Deleted;
         }
         let slot = shard.slot(&levels);
-        if slot.is_none() {
+        // Only messages under the limit are counted (the broker's own are a fixed few).
+        if slot.is_none() && bounded {
             if self.max > 0 && self.count.load(Ordering::Relaxed) >= self.max {
                 // Undo the path `slot` may have created.
                 shard.take(&levels);
