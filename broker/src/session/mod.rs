@@ -12,6 +12,7 @@
 //!
 //! This module is I/O-free; [`registry`] decides who owns which session.
 
+mod outbound;
 pub mod registry;
 pub mod store;
 
@@ -380,121 +381,7 @@ impl Session {
     }
 }
 
-/// Outbound message waiting for its acknowledgement.
-#[derive(Debug, Clone)]
-pub struct InFlight {
-    /// Order of first transmission, to resend in the same order.
-    pub seq: u64,
-    /// The message (kept after PUBREC too, which is cheap: it is shared).
-    pub delivery: Delivery,
-    /// What the client owes us next.
-    pub awaiting: Awaiting,
-}
-
-/// The acknowledgement an in-flight message waits for.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Awaiting {
-    /// QoS 1: PUBACK.
-    PubAck,
-    /// QoS 2, step 1: PUBREC.
-    PubRec,
-    /// QoS 2, step 3: PUBCOMP (PUBREL sent).
-    PubComp,
-}
-
-/// The outbound window: packet ids in use and what each waits for.
-#[derive(Debug, Default)]
-pub struct Outbound {
-    inflight: HashMap<u16, InFlight>,
-    next_pkid: u16,
-    seq: u64,
-}
-
-impl Outbound {
-    /// Messages awaiting acknowledgement.
-    pub fn len(&self) -> usize {
-        self.inflight.len()
-    }
-
-    /// Whether nothing is in flight.
-    pub fn is_empty(&self) -> bool {
-        self.inflight.is_empty()
-    }
-
-    /// Registers a QoS 1/2 delivery and returns its packet id, or `None` if all 65,535 ids are
-    /// taken (the window limit keeps this from happening).
-    pub fn start(&mut self, delivery: Delivery) -> Option<u16> {
-        if self.inflight.len() >= u16::MAX as usize {
-            return None;
-        }
-        let awaiting = if delivery.qos == QoS::ExactlyOnce {
-            Awaiting::PubRec
-        } else {
-            Awaiting::PubAck
-        };
-        loop {
-            self.next_pkid = self.next_pkid.wrapping_add(1);
-            if self.next_pkid == 0 {
-                self.next_pkid = 1;
-            }
-            if !self.inflight.contains_key(&self.next_pkid) {
-                break;
-            }
-        }
-        self.seq += 1;
-        self.inflight.insert(
-            self.next_pkid,
-            InFlight {
-                seq: self.seq,
-                delivery,
-                awaiting,
-            },
-        );
-        Some(self.next_pkid)
-    }
-
-    /// Handles PUBACK: true if it completed a QoS 1 delivery.
-    pub fn puback(&mut self, pkid: u16) -> bool {
-        match self.inflight.get(&pkid) {
-            Some(f) if f.awaiting == Awaiting::PubAck => {
-                self.inflight.remove(&pkid);
-                true
-            }
-            _ => false,
-        }
-    }
-
-    /// Handles PUBREC: true if it moved a QoS 2 delivery to the PUBREL step. The caller sends
-    /// PUBREL in either case ([MQTT-4.3.3-1] wants PUBREL for a PUBREC we know; for one we do
-    /// not, answering PUBREL lets the client finish its flow).
-    pub fn pubrec(&mut self, pkid: u16) -> bool {
-        match self.inflight.get_mut(&pkid) {
-            Some(f) if f.awaiting == Awaiting::PubRec => {
-                f.awaiting = Awaiting::PubComp;
-                true
-            }
-            _ => false,
-        }
-    }
-
-    /// Handles PUBCOMP: true if it completed a QoS 2 delivery.
-    pub fn pubcomp(&mut self, pkid: u16) -> bool {
-        match self.inflight.get(&pkid) {
-            Some(f) if f.awaiting == Awaiting::PubComp => {
-                self.inflight.remove(&pkid);
-                true
-            }
-            _ => false,
-        }
-    }
-
-    /// Everything in flight, in first-transmission order, for resending on reconnect.
-    pub fn in_order(&self) -> Vec<(u16, InFlight)> {
-        let mut all: Vec<_> = self.inflight.iter().map(|(k, v)| (*k, v.clone())).collect();
-        all.sort_unstable_by_key(|(_, f)| f.seq);
-        all
-    }
-}
+pub use outbound::{Awaiting, InFlight, Outbound};
 
 /// Session state owned by the connected client's task (or parked while offline).
 #[derive(Debug)]
@@ -601,40 +488,5 @@ mod tests {
             .collect();
         assert_eq!(order, ["a", "b", "c"]);
         assert_eq!(inbox.qos0, 0);
-    }
-
-    #[test]
-    fn outbound_flows() {
-        let mut o = Outbound::default();
-        let a = o.start(d(QoS::AtLeastOnce, "a")).unwrap();
-        let b = o.start(d(QoS::ExactlyOnce, "b")).unwrap();
-        assert_ne!(a, b);
-        assert!(!o.pubrec(a), "PUBREC for a QoS 1 id");
-        assert!(o.puback(a));
-        assert!(!o.puback(a), "second PUBACK");
-        assert!(!o.pubcomp(b), "PUBCOMP before PUBREC");
-        assert!(o.pubrec(b));
-        assert!(!o.pubrec(b));
-        assert_eq!(o.in_order()[0].1.awaiting, Awaiting::PubComp);
-        assert!(o.pubcomp(b));
-        assert!(o.is_empty());
-    }
-
-    #[test]
-    fn packet_ids_skip_zero_and_ids_in_use() {
-        let mut o = Outbound {
-            next_pkid: u16::MAX - 1,
-            ..Outbound::default()
-        };
-        let x = o.start(d(QoS::AtLeastOnce, "x")).unwrap();
-        assert_eq!(x, u16::MAX);
-        let y = o.start(d(QoS::AtLeastOnce, "y")).unwrap();
-        assert_eq!(y, 1);
-        // Wrap around onto an id still in use: it is skipped.
-        o.next_pkid = u16::MAX;
-        let z = o.start(d(QoS::AtLeastOnce, "z")).unwrap();
-        assert_eq!(z, 2);
-        let order: Vec<_> = o.in_order().into_iter().map(|(id, _)| id).collect();
-        assert_eq!(order, [u16::MAX, 1, 2]);
     }
 }
