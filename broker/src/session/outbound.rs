@@ -73,7 +73,7 @@ impl Outbound {
 
     /// Doubles the table (ids keep distinct slots: more mask bits only separate them further).
     fn grow(&mut self) {
-        let size = (self.slots.len() * 2).max(INITIAL_SLOTS).min(1 << 16);
+        let size = (self.slots.len() * 2).clamp(INITIAL_SLOTS, 1 << 16);
         let old = std::mem::replace(&mut self.slots, (0..size).map(|_| None).collect());
         for f in old.into_iter().flatten() {
             let i = self.index(f.pkid);
