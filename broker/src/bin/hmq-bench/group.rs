@@ -277,6 +277,16 @@ impl Runner {
                 }
             }
         }
+        if self.times.is_none() {
+            // The start may have been announced without this task being woken for it yet (its
+            // wake-up came from a socket): read the announcement directly, so that messages of
+            // this run are never taken for leftovers of an earlier one.
+            let announced = *self.ctl.go.borrow();
+            if let Some(t) = announced {
+                self.go = None;
+                self.start(t);
+            }
+        }
         let mut ticked = false;
         while self.ticker.poll_tick(cx).is_ready() {
             ticked = true;
