@@ -24,6 +24,21 @@ use crate::topic::{Subscription, TopicLimits, parse_subscription};
 /// Number of shards of the subscription trie and of the retained store.
 const SHARDS: usize = 64;
 
+/// A subscriber a publisher should wait for before reading more (flow control).
+///
+/// The publisher waits when the broker is behind on a subscriber (its inbox is past the mark
+/// while its connection could send more), or when a subscriber is the message's only recipient
+/// and still draining, even if its own client is the bottleneck: then waiting slows nobody else
+/// (point to point, fan-in). A slow subscriber among several recipients is never waited for, so
+/// it cannot slow the others' feed: its queue fills and the overflow is dropped and counted.
+#[derive(Debug, Clone)]
+pub struct Congestion {
+    /// The subscriber.
+    pub session: Arc<Session>,
+    /// Whether it was the only recipient (then its client's slowness does not matter).
+    pub sole_recipient: bool,
+}
+
 /// The configuration in the form the connection code reads on every packet.
 #[derive(Debug, Clone)]
 pub struct Settings {
@@ -218,8 +233,9 @@ impl Broker {
     }
 
     /// Routes a message to every matching session and stores it if retained. Returns the number
-    /// of sessions it was offered to and a congested one, if any (see `Enqueued::Congested`).
-    pub fn publish(&self, msg: &Arc<Message>) -> (usize, Option<Arc<Session>>) {
+    /// of sessions it was offered to and, if the publisher should wait for room, the subscriber
+    /// to wait for (see `Congestion`).
+    pub fn publish(&self, msg: &Arc<Message>) -> (usize, Option<Congestion>) {
         if msg.retain {
             self.store_retained(msg);
         }
@@ -241,8 +257,11 @@ impl Broker {
         self.route_message(msg);
     }
 
-    fn route_message(&self, msg: &Arc<Message>) -> (usize, Option<Arc<Session>>) {
-        let mut congested = None;
+    fn route_message(&self, msg: &Arc<Message>) -> (usize, Option<Congestion>) {
+        // The first congested subscriber that the broker is behind on, and the first whose own
+        // client is slow: the latter matters only if it is the message's only recipient.
+        let mut behind = None;
+        let mut slow = None;
         let policy = self.settings.queue;
         let dropped = &self.metrics.dropped;
         let n = self.router.route(&msg.topic, |session, granted, check| {
@@ -258,8 +277,13 @@ impl Broker {
             match session.deliver(d, policy) {
                 Enqueued::Queued => {}
                 Enqueued::Congested => {
-                    if congested.is_none() {
-                        congested = Some(session.clone());
+                    let slot = if session.client_slow() {
+                        &mut slow
+                    } else {
+                        &mut behind
+                    };
+                    if slot.is_none() {
+                        *slot = Some(session.clone());
                     }
                 }
                 Enqueued::QueuedEvictedQos0 | Enqueued::DroppedQueueFull => {
@@ -268,6 +292,17 @@ impl Broker {
                 Enqueued::DroppedOffline => dropped.offline_qos0.inc(),
             }
         });
+        let congested = match (behind, slow) {
+            (Some(session), _) => Some(Congestion {
+                session,
+                sole_recipient: n == 1,
+            }),
+            (None, Some(session)) if n == 1 => Some(Congestion {
+                session,
+                sole_recipient: true,
+            }),
+            _ => None,
+        };
         (n, congested)
     }
 

@@ -23,7 +23,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use crate::acl::SubscribeCheck;
-use crate::broker::Broker;
+use crate::broker::{Broker, Congestion};
 use crate::codec::{self, Ack, Packet, Publish, QoS, Will};
 use crate::message::{Delivery, Message};
 use crate::session::{Awaiting, KickReason, MAX_WAIT_FOR_ROOM, Owner, Session, SessionCore};
@@ -336,7 +336,7 @@ struct Connection {
     batch: Vec<Delivery>,
     /// A subscriber this client's messages congested: the socket is not read until it has
     /// drained (or `session::MAX_WAIT_FOR_ROOM` has passed).
-    pressure: Option<Arc<Session>>,
+    pressure: Option<Congestion>,
     /// Last value given to `Session::set_client_slow`.
     client_slow: bool,
 }
@@ -392,9 +392,15 @@ impl Connection {
                 _ = &mut notified => {
                     notified.set(session.notify().notified());
                     // Also how a subscriber we wait for says it has drained.
-                    if self.pressure.as_ref().is_some_and(|c| !c.congested()) {
-                        self.pressure = None;
-                        pressure_until = None;
+                    if let Some(c) = &self.pressure {
+                        // Woken by the subscriber (drained, went away, or its client became
+                        // the slow one): wait again only if there is still reason to.
+                        if !c.session.wait_for_room(&self.session, c.sole_recipient) {
+                            self.pressure = None;
+                            pressure_until = None;
+                            // We did not read while waiting: that was not the client's silence.
+                            last_read = Instant::now();
+                        }
                     }
                     self.pump();
                 }
@@ -429,10 +435,12 @@ impl Connection {
                         // Flow control slows a publisher down, it never stops it.
                         self.pressure = None;
                         pressure_until = None;
+                        last_read = now;
                     }
                     let mut next = pressure_until.unwrap_or(now + far);
                     if let Some(limit) = keep_alive {
-                        if now.duration_since(last_read) >= limit {
+                        // While we hold off reading, the client's silence is ours.
+                        if self.pressure.is_none() && now.duration_since(last_read) >= limit {
                             return Close::KeepaliveTimeout;
                         }
                         next = next.min(last_read + limit);
@@ -527,7 +535,7 @@ impl Connection {
         let session = &self.session;
         // A refused PUBLISH is still acknowledged as its QoS requires (hmq left QoS 1/2 publishes
         // unacknowledged, so clients retried forever), then dropped and counted.
-        let route = |broker: &Broker, p: Publish| -> Option<Arc<Session>> {
+        let route = |broker: &Broker, p: Publish| -> Option<Congestion> {
             if is_sys_topic(&p.topic) {
                 broker.metrics.dropped.sys_topic.inc();
                 debug!(topic = %Shown(&p.topic), "client PUBLISH to $SYS dropped");
@@ -541,7 +549,7 @@ impl Connection {
             }
             let (_, congested) = broker.publish(&Message::new(p.topic, p.payload, p.qos, p.retain));
             // Waiting for our own inbox would only wait for ourselves.
-            congested.filter(|c| c.id() != session.id())
+            congested.filter(|c| c.session.id() != session.id())
         };
         let congested = match p.qos {
             QoS::AtMostOnce => route(&self.broker, p),
@@ -571,7 +579,7 @@ impl Connection {
             }
         };
         if let Some(c) = congested {
-            if self.pressure.is_none() && c.wait_for_room(&self.session) {
+            if self.pressure.is_none() && c.session.wait_for_room(&self.session, c.sole_recipient) {
                 self.pressure = Some(c);
             }
         }
@@ -634,6 +642,7 @@ impl Connection {
             // Why the inbox was left non-empty: the client (window full, output backed up), or
             // only the batch size.
             let mut client_slow = false;
+            let drained;
             {
                 let mut inbox = self.session.inbox();
                 let before = inbox.len();
@@ -659,7 +668,12 @@ impl Connection {
                         self.batch.push(d);
                     }
                 }
-                self.session.drained(before, inbox.len());
+                drained = (before, inbox.len());
+            }
+            // After the inbox lock is released: waking publishers takes another lock.
+            if drained.1 < drained.0 {
+                self.session.mark_drained();
+                self.session.drained(drained.0, drained.1);
             }
             if client_slow != self.client_slow {
                 self.client_slow = client_slow;

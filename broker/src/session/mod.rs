@@ -21,7 +21,7 @@ use arc_swap::ArcSwap;
 use parking_lot::Mutex;
 use std::collections::VecDeque;
 use std::net::IpAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::Instant;
 use tokio::sync::Notify;
@@ -100,9 +100,8 @@ impl Inbox {
 pub enum Enqueued {
     /// Queued.
     Queued,
-    /// Queued, and the inbox is past [`CONGESTED`] while its connection could send more: the
-    /// broker is delivering slower than this publisher publishes, so the publisher should wait
-    /// for room (see [`Session::wait_for_room`]).
+    /// Queued, and the inbox is past [`CONGESTED`] while its connection is still draining it:
+    /// the publisher may have to wait for room (see [`Session::wait_for_room`] for who waits).
     Congested,
     /// Queued, and the oldest queued QoS 0 message was dropped to make room.
     QueuedEvictedQos0,
@@ -121,8 +120,21 @@ pub const CONGESTED: usize = 256;
 const RELIEVED: usize = CONGESTED / 4;
 
 /// Longest a publisher waits for a congested subscriber before reading again: flow control
-/// slows a publisher down to what the broker can deliver, it never stops it.
-pub const MAX_WAIT_FOR_ROOM: std::time::Duration = std::time::Duration::from_millis(50);
+/// slows a publisher down to what the broker can deliver, it never stops it. Long enough that
+/// many publishers feeding one subscriber (fan-in) cannot outrun it by each sending a burst per
+/// wait; waiters are woken early when the inbox drains, when its client turns out to be the slow
+/// one, or when it disconnects.
+pub const MAX_WAIT_FOR_ROOM: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// A subscriber that has not drained its inbox for this long is stuck: publishers never wait for
+/// it (its queue fills and the overflow is dropped and counted).
+const STALLED_MS: u64 = 1000;
+
+/// Milliseconds on a process-wide monotonic clock.
+fn clock_ms() -> u64 {
+    static START: std::sync::LazyLock<Instant> = std::sync::LazyLock::new(Instant::now);
+    START.elapsed().as_millis() as u64
+}
 
 /// Queueing policy, from the configuration.
 #[derive(Debug, Clone, Copy)]
@@ -233,6 +245,9 @@ pub struct Session {
     /// backed up or its in-flight window is full). Such a subscriber never slows publishers: its
     /// queue fills and the overflow is dropped and counted instead.
     client_slow: AtomicBool,
+    /// When the owning connection last took messages out of the inbox (`clock_ms`): a
+    /// subscriber that has not for `STALLED` is stuck, and nobody waits for it.
+    last_drain: AtomicU64,
     /// Publishers waiting for this inbox to drain (see `wait_for_room`); woken through their
     /// own `notify` when it drops below `RELIEVED`.
     waiting: Mutex<Vec<Weak<Session>>>,
@@ -257,6 +272,7 @@ impl Session {
             acl: ArcSwap::new(ClientAcl::shared_allow_all()),
             identity: Mutex::new(None),
             client_slow: AtomicBool::new(false),
+            last_drain: AtomicU64::new(0),
             waiting: Mutex::new(Vec::new()),
         }
     }
@@ -264,35 +280,62 @@ impl Session {
     /// Records whether the client is the bottleneck (see the field's documentation).
     pub fn set_client_slow(&self, slow: bool) {
         self.client_slow.store(slow, Ordering::Relaxed);
+        if slow {
+            // The client is the bottleneck now: publishers must not wait for it.
+            self.wake_waiting();
+        }
+    }
+
+    /// Wakes every publisher waiting for room in this inbox.
+    pub fn wake_waiting(&self) {
+        let waiting = std::mem::take(&mut *self.waiting.lock());
+        for publisher in waiting.iter().filter_map(Weak::upgrade) {
+            publisher.notify.notify_one();
+        }
     }
 
     /// Called by the owning connection after it took messages out of the inbox: wakes the
     /// publishers waiting for room once the inbox has drained enough.
     pub fn drained(&self, before: usize, after: usize) {
         if before >= RELIEVED && after < RELIEVED {
-            let waiting = std::mem::take(&mut *self.waiting.lock());
-            for publisher in waiting.iter().filter_map(Weak::upgrade) {
-                publisher.notify.notify_one();
-            }
+            self.wake_waiting();
         }
+    }
+
+    /// Records that the owning connection took messages out of the inbox.
+    pub fn mark_drained(&self) {
+        self.last_drain.store(clock_ms(), Ordering::Relaxed);
+    }
+
+    /// Whether the client itself is the bottleneck (see the field).
+    pub fn client_slow(&self) -> bool {
+        self.client_slow.load(Ordering::Relaxed)
+    }
+
+    /// Whether a publisher should wait for this inbox: past the congestion mark, connected and
+    /// still draining (not stuck). `even_if_client_slow`: the publisher's messages go to this
+    /// subscriber alone, so waiting for it slows nobody else (fan-in, point to point); otherwise
+    /// a subscriber whose own client is the bottleneck is not waited for.
+    pub fn congested(&self, even_if_client_slow: bool) -> bool {
+        self.is_online()
+            && (even_if_client_slow || !self.client_slow())
+            && clock_ms().saturating_sub(self.last_drain.load(Ordering::Relaxed)) < STALLED_MS
+            && self.inbox.lock().len() >= CONGESTED
     }
 
     /// Registers `publisher` to be woken (through its own `notify`) when this inbox drains.
-    /// Returns false if there is nothing to wait for (already drained, or not connected).
-    pub fn wait_for_room(&self, publisher: &Arc<Session>) -> bool {
-        let mut waiting = self.waiting.lock();
-        if self.inbox.lock().len() < CONGESTED || !self.is_online() {
-            return false;
+    /// Returns false if there is nothing to wait for (see `congested`).
+    pub fn wait_for_room(&self, publisher: &Arc<Session>, even_if_client_slow: bool) -> bool {
+        // Register first, then look: a drain in between wakes us (at worst spuriously). The two
+        // locks are never held together (the draining connection holds the inbox lock while it
+        // decides to wake, and takes `waiting` only after).
+        {
+            let mut waiting = self.waiting.lock();
+            if !waiting.iter().any(|w| w.as_ptr() == Arc::as_ptr(publisher)) {
+                waiting.push(Arc::downgrade(publisher));
+            }
         }
-        if !waiting.iter().any(|w| w.as_ptr() == Arc::as_ptr(publisher)) {
-            waiting.push(Arc::downgrade(publisher));
-        }
-        true
-    }
-
-    /// Whether this inbox is still past the congestion mark.
-    pub fn congested(&self) -> bool {
-        self.is_online() && self.inbox.lock().len() >= CONGESTED
+        self.congested(even_if_client_slow)
     }
 
     /// Sets who the client is and its compiled ACL (at CONNECT, and after an ACL reload).
@@ -360,11 +403,7 @@ impl Session {
         if was_empty && online {
             self.notify.notify_one();
         }
-        if outcome == Enqueued::Queued
-            && len >= CONGESTED
-            && online
-            && !self.client_slow.load(Ordering::Relaxed)
-        {
+        if outcome == Enqueued::Queued && len >= CONGESTED && online {
             return Enqueued::Congested;
         }
         outcome

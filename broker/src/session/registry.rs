@@ -196,6 +196,7 @@ impl Registry {
         if mine {
             c.owner = None;
             session.online.store(false, Ordering::Relaxed);
+            session.wake_waiting();
             if c.discarded {
                 // Nothing to keep.
             } else if c.persistent {
