@@ -126,8 +126,8 @@ const RELIEVED: usize = CONGESTED / 4;
 /// one, or when it disconnects.
 pub const MAX_WAIT_FOR_ROOM: std::time::Duration = std::time::Duration::from_secs(1);
 
-/// A subscriber that has not drained its inbox for this long is stuck: publishers never wait for
-/// it (its queue fills and the overflow is dropped and counted).
+/// A subscriber whose client is the bottleneck and has taken nothing for this long is stuck:
+/// publishers never wait for it (its queue fills and the overflow is dropped and counted).
 const STALLED_MS: u64 = 1000;
 
 /// Milliseconds on a process-wide monotonic clock.
@@ -245,8 +245,8 @@ pub struct Session {
     /// backed up or its in-flight window is full). Such a subscriber never slows publishers: its
     /// queue fills and the overflow is dropped and counted instead.
     client_slow: AtomicBool,
-    /// When the owning connection last took messages out of the inbox (`clock_ms`): a
-    /// subscriber that has not for `STALLED` is stuck, and nobody waits for it.
+    /// When the owning connection last took messages out of the inbox (`clock_ms`): a slow
+    /// client that has taken nothing for `STALLED_MS` is stuck, and nobody waits for it.
     last_drain: AtomicU64,
     /// Publishers waiting for this inbox to drain (see `wait_for_room`); woken through their
     /// own `notify` when it drops below `RELIEVED`.
@@ -312,20 +312,25 @@ impl Session {
         self.client_slow.load(Ordering::Relaxed)
     }
 
-    /// Whether a publisher should wait for this inbox: past the congestion mark, connected and
-    /// still draining (not stuck). `even_if_client_slow`: the publisher's messages go to this
-    /// subscriber alone, so waiting for it slows nobody else (fan-in, point to point); otherwise
-    /// a subscriber whose own client is the bottleneck is not waited for.
-    pub fn congested(&self, even_if_client_slow: bool) -> bool {
-        self.is_online()
-            && (even_if_client_slow || !self.client_slow())
+    /// Whether a publisher should wait for this inbox: past the congestion mark and connected,
+    /// and either the broker is behind on it (its client could take more), or, with
+    /// `sole_recipient` (the publisher's messages go to this subscriber alone, so waiting slows
+    /// nobody else: point to point, fan-in), its client is the bottleneck but still taking
+    /// messages. A client that has taken nothing for `STALLED_MS` is stuck: nobody waits for it.
+    pub fn congested(&self, sole_recipient: bool) -> bool {
+        if !self.is_online() || self.inbox.lock().len() < CONGESTED {
+            return false;
+        }
+        if !self.client_slow() {
+            return true;
+        }
+        sole_recipient
             && clock_ms().saturating_sub(self.last_drain.load(Ordering::Relaxed)) < STALLED_MS
-            && self.inbox.lock().len() >= CONGESTED
     }
 
     /// Registers `publisher` to be woken (through its own `notify`) when this inbox drains.
     /// Returns false if there is nothing to wait for (see `congested`).
-    pub fn wait_for_room(&self, publisher: &Arc<Session>, even_if_client_slow: bool) -> bool {
+    pub fn wait_for_room(&self, publisher: &Arc<Session>, sole_recipient: bool) -> bool {
         // Register first, then look: a drain in between wakes us (at worst spuriously). The two
         // locks are never held together (the draining connection holds the inbox lock while it
         // decides to wake, and takes `waiting` only after).
@@ -335,7 +340,7 @@ impl Session {
                 waiting.push(Arc::downgrade(publisher));
             }
         }
-        self.congested(even_if_client_slow)
+        self.congested(sole_recipient)
     }
 
     /// Sets who the client is and its compiled ACL (at CONNECT, and after an ACL reload).
