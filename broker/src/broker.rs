@@ -115,6 +115,9 @@ pub struct Broker {
     slow_checks: tokio::sync::Semaphore,
     /// Bumped to ask the background tasks to re-read their files now (SIGHUP).
     pub reload: tokio::sync::watch::Sender<u64>,
+    /// Bumped after every attempt to reload a file, successful or not (for tests and tools
+    /// that need to know a reload has happened).
+    pub reloaded: tokio::sync::watch::Sender<u64>,
     next_conn_id: AtomicU64,
     next_auto_id: AtomicU64,
     /// Distinguishes assigned client ids of this process from a previous one's.
@@ -145,6 +148,7 @@ impl Broker {
                 std::thread::available_parallelism().map_or(2, |n| n.get()),
             ),
             reload: tokio::sync::watch::Sender::new(0),
+            reloaded: tokio::sync::watch::Sender::new(0),
             next_conn_id: AtomicU64::new(1),
             next_auto_id: AtomicU64::new(1),
             boot,

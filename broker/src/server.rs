@@ -384,6 +384,7 @@ async fn watch_file(
                 warn!(error = %e, "{what} reload failed; keeping the previous one");
             }
         }
+        broker.reloaded.send_modify(|n| *n += 1);
     }
 }
 
