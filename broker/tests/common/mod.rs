@@ -7,6 +7,7 @@
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use hmq::broker::Broker;
 use hmq::config::{Config, Port};
+use hmq::connection::ListenerKind;
 use hmq::server::Server;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -24,6 +25,10 @@ pub const QUIET: Duration = Duration::from_millis(300);
 /// A broker running in this process.
 pub struct TestBroker {
     pub addr: SocketAddr,
+    /// The TLS listener, when the configuration has one.
+    pub tls_addr: Option<SocketAddr>,
+    /// The WebSocket (or WSS) listener, when the configuration has one.
+    pub ws_addr: Option<SocketAddr>,
     pub broker: Arc<Broker>,
     shutdown: CancellationToken,
     task: JoinHandle<()>,
@@ -44,6 +49,10 @@ impl TestBroker {
         config.validate().expect("test config is valid");
         let server = Server::bind(&config).await.expect("bind");
         let addr = server.local_addr().unwrap();
+        let tls_addr = server.listener_addr(ListenerKind::Tls);
+        let ws_addr = server
+            .listener_addr(ListenerKind::Ws)
+            .or_else(|| server.listener_addr(ListenerKind::Wss));
         let broker = server.broker();
         let shutdown = CancellationToken::new();
         let token = shutdown.clone();
@@ -52,6 +61,8 @@ impl TestBroker {
         });
         TestBroker {
             addr,
+            tls_addr,
+            ws_addr,
             broker,
             shutdown,
             task,

@@ -8,8 +8,6 @@
 
 use hmq::broker::Broker;
 use hmq::config::{Config, Port, TlsInfo};
-use hmq::connection::ListenerKind;
-use hmq::server::Server;
 use rcgen::{
     BasicConstraints, CertificateParams, CertifiedIssuer, DnType, ExtendedKeyUsagePurpose, IsCa,
     KeyPair, KeyUsagePurpose, SanType, SerialNumber,
@@ -23,9 +21,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::task::JoinHandle;
 use tokio_rustls::client::TlsStream;
-use tokio_util::sync::CancellationToken;
 
 use crate::common::{Client, Opts, WAIT, connect_bytes};
 
@@ -247,8 +243,7 @@ pub struct TlsBroker {
     pub tcp: SocketAddr,
     pub tls: SocketAddr,
     pub broker: Arc<Broker>,
-    shutdown: CancellationToken,
-    task: JoinHandle<()>,
+    inner: crate::common::TestBroker,
 }
 
 impl TlsBroker {
@@ -257,47 +252,25 @@ impl TlsBroker {
     }
 
     pub async fn start_with(pki: &Pki, verify: bool, tweak: impl FnOnce(&mut Config)) -> TlsBroker {
-        let mut config = Config {
-            host: "127.0.0.1".into(),
-            port: Port(0),
-            tls_host: "127.0.0.1".into(),
-            tls_port: Some(Port(0)),
-            tls_info: pki.tls_info(verify),
-            ..Config::default()
-        };
-        tweak(&mut config);
-        config.validate().expect("test config is valid");
-        let server = Server::bind(&config).await.expect("bind");
-        let tcp = server.local_addr().unwrap();
-        let tls = server
-            .listener_addr(ListenerKind::Tls)
-            .expect("TLS listener");
-        let broker = server.broker();
-        let shutdown = CancellationToken::new();
-        let token = shutdown.clone();
-        let task = tokio::spawn(async move {
-            server.run(token).await.expect("broker run");
-        });
+        let tls_info = pki.tls_info(verify);
+        let inner = crate::common::TestBroker::start_with(move |c| {
+            c.tls_host = "127.0.0.1".into();
+            c.tls_port = Some(Port(0));
+            c.tls_info = tls_info;
+            tweak(c);
+        })
+        .await;
         TlsBroker {
-            tcp,
-            tls,
-            broker,
-            shutdown,
-            task,
+            tcp: inner.addr,
+            tls: inner.tls_addr.expect("TLS listener"),
+            broker: inner.broker.clone(),
+            inner,
         }
     }
 
     /// A counter or gauge value (summed over its series).
     pub fn metric(&self, name: &str) -> f64 {
-        self.broker
-            .metrics
-            .render()
-            .lines()
-            .filter(|l| !l.starts_with('#'))
-            .filter_map(|l| l.rsplit_once(' '))
-            .filter(|(series, _)| *series == name || series.starts_with(&format!("{name}{{")))
-            .map(|(_, v)| v.parse::<f64>().unwrap())
-            .sum()
+        self.inner.metric(name, "")
     }
 
     /// Waits (up to `WAIT`) until `name` reaches `value`, then asserts it is exactly that.
@@ -310,11 +283,7 @@ impl TlsBroker {
     }
 
     pub async fn stop(self) {
-        self.shutdown.cancel();
-        tokio::time::timeout(Duration::from_secs(15), self.task)
-            .await
-            .expect("broker stops within the deadline")
-            .unwrap();
+        self.inner.stop().await;
     }
 }
 

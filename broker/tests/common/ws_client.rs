@@ -12,21 +12,16 @@ use bytes::{Buf, BytesMut};
 use futures_util::{SinkExt, StreamExt};
 use hmq::broker::Broker;
 use hmq::config::{Config, Port};
-use hmq::connection::ListenerKind;
-use hmq::server::Server;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio::task::JoinHandle;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::handshake::client::Response;
 use tokio_tungstenite::tungstenite::http::HeaderValue;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::{self, Message};
 use tokio_tungstenite::{WebSocketStream, client_async};
-use tokio_util::sync::CancellationToken;
 
 /// A broker running in this process with MQTT on TCP and on WebSocket (`wsPath` "/mqtt"; WSS
 /// with `ws_tls`).
@@ -34,8 +29,7 @@ pub struct WsBroker {
     pub tcp: SocketAddr,
     pub ws: SocketAddr,
     pub broker: Arc<Broker>,
-    shutdown: CancellationToken,
-    task: JoinHandle<()>,
+    inner: crate::common::TestBroker,
 }
 
 /// The `wsPath` the test brokers serve.
@@ -47,58 +41,27 @@ impl WsBroker {
     }
 
     pub async fn start_with(tweak: impl FnOnce(&mut Config)) -> WsBroker {
-        let mut config = Config {
-            host: "127.0.0.1".into(),
-            port: Port(0),
-            ws_port: Some(Port(0)),
-            ws_path: PATH.into(),
-            ..Config::default()
-        };
-        tweak(&mut config);
-        config.validate().expect("test config is valid");
-        let server = Server::bind(&config).await.expect("bind");
-        let tcp = server.local_addr().unwrap();
-        let ws = server
-            .listener_addr(ListenerKind::Ws)
-            .or_else(|| server.listener_addr(ListenerKind::Wss))
-            .expect("WebSocket listener");
-        let broker = server.broker();
-        let shutdown = CancellationToken::new();
-        let token = shutdown.clone();
-        let task = tokio::spawn(async move {
-            server.run(token).await.expect("broker run");
-        });
+        let inner = crate::common::TestBroker::start_with(|c| {
+            c.ws_port = Some(Port(0));
+            c.ws_path = PATH.into();
+            tweak(c);
+        })
+        .await;
         WsBroker {
-            tcp,
-            ws,
-            broker,
-            shutdown,
-            task,
+            tcp: inner.addr,
+            ws: inner.ws_addr.expect("WebSocket listener"),
+            broker: inner.broker.clone(),
+            inner,
         }
     }
 
     /// Sum of a counter's series whose labels contain `labels`.
     pub fn metric(&self, name: &str, labels: &str) -> f64 {
-        self.broker
-            .metrics
-            .render()
-            .lines()
-            .filter(|l| !l.starts_with('#'))
-            .filter(|l| {
-                let (series, _) = l.rsplit_once(' ').unwrap();
-                series == name
-                    || (series.starts_with(&format!("{name}{{")) && series.contains(labels))
-            })
-            .map(|l| l.rsplit_once(' ').unwrap().1.parse::<f64>().unwrap())
-            .sum()
+        self.inner.metric(name, labels)
     }
 
     pub async fn stop(self) {
-        self.shutdown.cancel();
-        tokio::time::timeout(Duration::from_secs(15), self.task)
-            .await
-            .expect("broker stops within the deadline")
-            .unwrap();
+        self.inner.stop().await;
     }
 }
 
