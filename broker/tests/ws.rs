@@ -356,6 +356,20 @@ async fn text_frame_closes_the_connection() {
 }
 
 #[tokio::test]
+async fn the_broker_ends_a_session_with_a_close_frame() {
+    let b = WsBroker::start().await;
+    // An MQTT protocol error inside a binary frame: the broker closes the session, and says so
+    // with a WebSocket close frame rather than just dropping the TCP connection.
+    let mut c = ws_connect(&b, "bad").await;
+    c.send(&[0xF0, 0x00]).await;
+    assert!(
+        matches!(c.next_control().await, Some(Message::Close(_))),
+        "a close frame"
+    );
+    b.stop().await;
+}
+
+#[tokio::test]
 async fn pings_are_answered_and_close_frames_end_the_session() {
     let b = WsBroker::start().await;
     let mut watcher = Client::new(b.tcp, "watcher").await;

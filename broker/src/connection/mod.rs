@@ -191,6 +191,7 @@ pub async fn serve<R, W>(
         .run(&mut reader, &mut writer, &mut rbuf, keep_alive, &owner)
         .await;
     Box::pin(conn.finish(&mut writer, &owner, &why)).await;
+    close_transport(&mut writer).await;
     gauge.dec();
     broker
         .metrics
@@ -297,6 +298,7 @@ pub(crate) async fn end_before_session<W: AsyncWrite + Unpin>(
     if !wq.is_empty() {
         let _ = tokio::time::timeout(FINAL_FLUSH, wq.flush_all(writer)).await;
     }
+    close_transport(writer).await;
     match &why {
         Close::Refused(_) => {}
         Close::ConnectTimeout => {
@@ -769,6 +771,13 @@ impl Connection {
             self.broker.forget(discarded);
         }
     }
+}
+
+/// Closes the transport properly, briefly: a WebSocket close frame, a TLS close_notify, a TCP
+/// FIN. Without it browsers report the WebSocket as dropped (1006) rather than closed.
+async fn close_transport<W: AsyncWrite + Unpin>(writer: &mut W) {
+    use tokio::io::AsyncWriteExt;
+    let _ = tokio::time::timeout(Duration::from_secs(1), writer.shutdown()).await;
 }
 
 /// Reads of at most this many bytes count as light traffic (see `read_some`).
