@@ -8,7 +8,7 @@
 
 use std::path::PathBuf;
 
-use crate::config::{Config, ConfigError, Port};
+use crate::config::{Config, ConfigError, LogFormat, Port};
 
 /// What the command line asks for.
 #[derive(Debug, Clone, PartialEq)]
@@ -42,6 +42,10 @@ pub struct Options {
     pub router: Option<String>,
     /// `-cp/--clusterport`: sets `cluster.port`.
     pub cluster_port: Option<Port>,
+    /// `--log-format text|json`: sets `logFormat`.
+    pub log_format: Option<LogFormat>,
+    /// `--http-port`: sets `httpPort` ("" turns the HTTP listener off).
+    pub http_port: Option<Option<Port>>,
 }
 
 /// A command line that cannot be read. main prints it with the usage and exits 2.
@@ -91,6 +95,8 @@ enum Flag {
     ClusterPort,
     Help,
     PrintConfig,
+    LogFormat,
+    HttpPort,
 }
 
 /// Flag names without dashes. Each works with `-` and `--`.
@@ -116,6 +122,8 @@ const FLAGS: &[(&str, Flag)] = &[
     ("h", Flag::Help),
     ("help", Flag::Help),
     ("print-config", Flag::PrintConfig),
+    ("log-format", Flag::LogFormat),
+    ("http-port", Flag::HttpPort),
 ];
 
 /// Go's `strconv.ParseBool`, which hmq's `-d` uses.
@@ -243,6 +251,20 @@ where
                 }
                 options.config_file = Some(PathBuf::from(value));
             }
+            Flag::LogFormat => {
+                options.log_format = Some(match value {
+                    "text" => LogFormat::Text,
+                    "json" => LogFormat::Json,
+                    _ => return Err(bad(value, "expected text or json".to_owned())),
+                });
+            }
+            Flag::HttpPort => {
+                options.http_port = Some(if value.is_empty() {
+                    None
+                } else {
+                    Some(port(value)?)
+                });
+            }
             Flag::Help | Flag::Debug | Flag::DebugOn | Flag::PrintConfig => {}
         }
     }
@@ -262,10 +284,12 @@ Broker Options:
     -wsp,--wspath <path>              Use path for websocket monitoring (default: /ws)
     -c,  --config <file>              Configuration file
          --print-config               Print the effective configuration (JSON) and exit
+         --http-port <port>           Port of /metrics, /healthz, /readyz (default 8080; \"\" = off)
 
 Logging Options:
     -d, --debug <bool>                Enable debugging output (default false)
     -D                                Debug enabled
+        --log-format <text|json>      Log line format (default text)
 
 Cluster Options:
     -r,  --router  <rurl>             Cluster discovery address
@@ -351,6 +375,14 @@ impl Options {
             config.cluster.port = Some(port);
             overrides.push(("cluster.port", "--clusterport"));
         }
+        if let Some(format) = self.log_format {
+            config.log_format = format;
+            overrides.push(("logFormat", "--log-format"));
+        }
+        if let Some(port) = self.http_port {
+            config.http_port = port;
+            overrides.push(("httpPort", "--http-port"));
+        }
         overrides
     }
 }
@@ -406,7 +438,8 @@ mod tests {
     fn each_flag_sets_its_option_and_last_wins() {
         let options = run(&words(
             "--config a.config --worker 8 --port=1 --host ::1 --wsport 2 --wspath /w --debug \
-             --router peers --clusterport 3 --print-config --port 4",
+             --router peers --clusterport 3 --print-config --port 4 --log-format json \
+             -http-port 9090",
         ));
         let expected = Options {
             config_file: Some("a.config".into()),
@@ -419,9 +452,13 @@ mod tests {
             debug: Some(true),
             router: Some("peers".into()),
             cluster_port: Some(Port(3)),
+            log_format: Some(LogFormat::Json),
+            http_port: Some(Some(Port(9090))),
         };
         assert_eq!(options, expected);
         assert_eq!(run(&[]), Options::default());
+        assert_eq!(run(&["--http-port="]).http_port, Some(None));
+        assert!(parse_args(["--log-format", "xml"]).is_err());
     }
 
     #[test]

@@ -14,6 +14,7 @@ pub mod cli;
 pub mod codec;
 pub mod config;
 pub mod connection;
+pub mod http;
 pub mod message;
 pub mod metrics;
 pub mod router;

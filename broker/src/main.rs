@@ -8,7 +8,7 @@ use std::sync::Arc;
 use anyhow::Context;
 use hmq::broker::Broker;
 use hmq::cli::{self, Command};
-use hmq::config::Config;
+use hmq::config::{Config, LogFormat};
 use hmq::server::Server;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
@@ -64,16 +64,19 @@ fn main() -> ExitCode {
     }
 }
 
-/// Log level: `RUST_LOG` if set, else debug with `-d`/`-D`/`"debug": true`, else info.
+/// Log level: `RUST_LOG` if set, else debug with `-d`/`-D`/`"debug": true`, else info. Format:
+/// text, or one JSON object per line with `logFormat: "json"` / `--log-format json`.
 fn init_tracing(config: &Config) {
     let default = if config.debug { "debug" } else { "info" };
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
-    tracing_subscriber::fmt()
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_target(false)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
-        .init();
+        .with_writer(std::io::stderr);
+    match config.log_format {
+        LogFormat::Json => builder.json().flatten_event(true).init(),
+        LogFormat::Text => builder.with_ansi(std::io::stderr().is_terminal()).init(),
+    }
 }
 
 fn run(config: Config) -> anyhow::Result<()> {

@@ -1,11 +1,47 @@
 //! The broker's Prometheus metrics, on a registry owned by the broker (never the global one), so
-//! several brokers in one process (tests) do not share counters.
+//! several brokers in one process (tests) do not share counters. Every name starts with `hmq_`.
 //!
-//! Label values are fixed sets (listener kind, QoS, reason): no per-client labels. Hot-path
-//! counters are resolved to their labelled child once, here, so counting a message is one atomic
-//! add.
+//! Label values are fixed sets (listener kind, QoS, reason): no per-client labels. Every known
+//! label value is created at start, so a series exists (at 0) before its first event and
+//! dashboards need no `or vector(0)`. Hot-path counters are resolved to their labelled child once,
+//! here, so counting a message is one atomic add. Gauges that describe state (sessions,
+//! subscriptions, queues) are not maintained per event: [`Metrics::render`] computes them from the
+//! broker when scraped.
 
-use prometheus::{IntCounter, IntCounterVec, IntGaugeVec, Opts, Registry};
+use prometheus::core::Collector;
+use prometheus::{
+    Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+};
+
+/// Listener label values.
+pub const LISTENERS: [&str; 4] = ["tcp", "tls", "ws", "wss"];
+
+/// `connects_refused_total` reasons.
+pub const REFUSED_REASONS: [&str; 9] = [
+    "protocol_version",
+    "identifier_rejected",
+    "server_unavailable",
+    "bad_credentials",
+    "not_authorized",
+    "connect_timeout",
+    "bad_connect",
+    "max_connections",
+    "transport_handshake",
+];
+
+/// `disconnects_total` reasons.
+pub const DISCONNECT_REASONS: [&str; 10] = [
+    "client_disconnect",
+    "peer_closed",
+    "network_error",
+    "keepalive_timeout",
+    "connect_timeout",
+    "protocol_error",
+    "limit_exceeded",
+    "refused",
+    "takeover",
+    "shutdown",
+];
 
 /// Why a PUBLISH was not delivered to one of its subscribers (or to anyone).
 #[derive(Debug, Clone)]
@@ -20,6 +56,8 @@ pub struct Dropped {
     pub sys_topic: IntCounter,
     /// The ACL denied the publisher.
     pub acl: IntCounter,
+    /// Queued for an offline session that expired.
+    pub expired: IntCounter,
 }
 
 /// ACL denials by action.
@@ -31,6 +69,21 @@ pub struct AclDenied {
     pub subscribe: IntCounter,
     /// Messages not delivered through a subscription that straddles allowed and denied topics.
     pub receive: IntCounter,
+}
+
+/// Gauges computed when the metrics are scraped.
+#[derive(Debug, Clone)]
+pub struct State {
+    /// Sessions by state (`online`, `offline`).
+    pub sessions: IntGaugeVec,
+    /// Subscriptions.
+    pub subscriptions: IntGauge,
+    /// Retained messages.
+    pub retained: IntGauge,
+    /// Messages queued for sessions (not yet sent).
+    pub queued: IntGauge,
+    /// QoS 1/2 messages sent and not yet acknowledged.
+    pub inflight: IntGauge,
 }
 
 /// All broker metrics.
@@ -54,6 +107,8 @@ pub struct Metrics {
     pub bytes_in: IntCounter,
     /// Bytes written to client sockets.
     pub bytes_out: IntCounter,
+    /// Messages (from clients) routed to at least one subscriber.
+    pub routed: IntCounter,
     /// Undelivered messages by reason.
     pub dropped: Dropped,
     /// Retained messages not stored because `maxRetainedMessages` was reached.
@@ -65,6 +120,19 @@ pub struct Metrics {
     /// Reloads of the ACL and password files by file (`acl`, `passwords`) and result (`ok`,
     /// `error`).
     pub file_reloads: IntCounterVec,
+    /// Time from reading a PUBLISH to queueing it for a subscriber's socket, sampled.
+    pub delivery_latency: Histogram,
+    /// Scrape-time gauges.
+    pub state: State,
+}
+
+/// Registers `metric` on `registry`. The definitions are constants of this file, so a failure
+/// (a duplicate or malformed name) is a programming error caught by the tests, not an input error.
+fn register<T: Collector + Clone + 'static>(registry: &Registry, name: &str, metric: T) -> T {
+    registry
+        .register(Box::new(metric.clone()))
+        .unwrap_or_else(|e| panic!("metric {name}: {e}"));
+    metric
 }
 
 impl Metrics {
@@ -72,74 +140,148 @@ impl Metrics {
     pub fn new() -> Metrics {
         let registry =
             Registry::new_custom(Some("hmq".into()), None).unwrap_or_else(|_| Registry::new());
-        let counter_vec = |name: &str, help: &str, label: &str| {
-            let c = IntCounterVec::new(Opts::new(name, help), &[label])
-                .unwrap_or_else(|e| panic!("metric {name}: {e}"));
-            registry
-                .register(Box::new(c.clone()))
-                .unwrap_or_else(|e| panic!("metric {name}: {e}"));
-            c
-        };
+        let r = &registry;
         let counter = |name: &str, help: &str| {
             let c = IntCounter::new(name, help).unwrap_or_else(|e| panic!("metric {name}: {e}"));
-            registry
-                .register(Box::new(c.clone()))
-                .unwrap_or_else(|e| panic!("metric {name}: {e}"));
-            c
+            register(r, name, c)
         };
-        let connections_current = IntGaugeVec::new(
-            Opts::new(
-                "connections_current",
-                "Open client connections by listener.",
-            ),
-            &["listener"],
-        )
-        .unwrap_or_else(|e| panic!("metric connections_current: {e}"));
-        registry
-            .register(Box::new(connections_current.clone()))
-            .unwrap_or_else(|e| panic!("metric connections_current: {e}"));
+        let counter_vec = |name: &str, help: &str, label: &str, values: &[&str]| {
+            let c = IntCounterVec::new(Opts::new(name, help), &[label])
+                .unwrap_or_else(|e| panic!("metric {name}: {e}"));
+            for v in values {
+                c.with_label_values(&[v]);
+            }
+            register(r, name, c)
+        };
+        let gauge = |name: &str, help: &str| {
+            let g = IntGauge::new(name, help).unwrap_or_else(|e| panic!("metric {name}: {e}"));
+            register(r, name, g)
+        };
+        let gauge_vec = |name: &str, help: &str, label: &str, values: &[&str]| {
+            let g = IntGaugeVec::new(Opts::new(name, help), &[label])
+                .unwrap_or_else(|e| panic!("metric {name}: {e}"));
+            for v in values {
+                g.with_label_values(&[v]);
+            }
+            register(r, name, g)
+        };
+
         let received_vec = counter_vec(
             "messages_received_total",
             "PUBLISH packets received from clients, by QoS.",
             "qos",
+            &["0", "1", "2"],
         );
         let sent_vec = counter_vec(
             "messages_sent_total",
             "PUBLISH packets sent to clients, by QoS.",
             "qos",
+            &["0", "1", "2"],
         );
         let dropped_vec = counter_vec(
             "publish_dropped_total",
             "Messages not delivered to a subscriber (or to anyone), by reason.",
             "reason",
+            &[
+                "queue_full",
+                "no_subscriber",
+                "offline_qos0",
+                "sys_topic",
+                "acl",
+                "expired",
+            ],
+        );
+        let acl_vec = counter_vec(
+            "acl_denied_total",
+            "Actions the ACL refused, by action (publish, subscribe, receive).",
+            "action",
+            &["publish", "subscribe", "receive"],
         );
         let by_qos = |v: &IntCounterVec| ["0", "1", "2"].map(|q| v.with_label_values(&[q]));
+        let file_reloads = IntCounterVec::new(
+            Opts::new(
+                "file_reloads_total",
+                "Reloads of the ACL and password files, by file and result.",
+            ),
+            &["file", "result"],
+        )
+        .unwrap_or_else(|e| panic!("metric file_reloads_total: {e}"));
+        for file in ["acl", "passwords"] {
+            for result in ["ok", "error"] {
+                file_reloads.with_label_values(&[file, result]);
+            }
+        }
+        let file_reloads = register(r, "file_reloads_total", file_reloads);
+        let delivery_latency = Histogram::with_opts(
+            HistogramOpts::new(
+                "delivery_latency_seconds",
+                "Time from reading a PUBLISH to queueing it for a subscriber's socket (1 in 16 \
+                 deliveries sampled).",
+            )
+            .buckets(vec![
+                0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05,
+                0.1, 0.25, 0.5, 1.0, 2.5,
+            ]),
+        )
+        .unwrap_or_else(|e| panic!("metric delivery_latency_seconds: {e}"));
+        let delivery_latency = register(r, "delivery_latency_seconds", delivery_latency);
+        let build_info = IntGaugeVec::new(
+            Opts::new("build_info", "Always 1; the version is a label."),
+            &["version"],
+        )
+        .unwrap_or_else(|e| panic!("metric build_info: {e}"));
+        build_info
+            .with_label_values(&[env!("CARGO_PKG_VERSION")])
+            .set(1);
+        register(r, "build_info", build_info);
+        // CPU, memory and file descriptors of the broker process (Linux).
+        #[cfg(target_os = "linux")]
+        registry
+            .register(Box::new(
+                prometheus::process_collector::ProcessCollector::for_self(),
+            ))
+            .unwrap_or_else(|e| panic!("process metrics: {e}"));
+
         Metrics {
+            connections_current: gauge_vec(
+                "connections_current",
+                "Open client connections by listener.",
+                "listener",
+                &LISTENERS,
+            ),
             connections_total: counter_vec(
                 "connections_total",
                 "Accepted client connections by listener.",
                 "listener",
+                &LISTENERS,
             ),
             connects_refused: counter_vec(
                 "connects_refused_total",
                 "Connections refused before or at CONNECT, by reason.",
                 "reason",
+                &REFUSED_REASONS,
             ),
             disconnects: counter_vec(
                 "disconnects_total",
                 "Closed client connections by reason.",
                 "reason",
+                &DISCONNECT_REASONS,
             ),
             received: by_qos(&received_vec),
             sent: by_qos(&sent_vec),
             bytes_in: counter("bytes_received_total", "Bytes read from client sockets."),
             bytes_out: counter("bytes_sent_total", "Bytes written to client sockets."),
+            routed: counter(
+                "publish_routed_total",
+                "Messages from clients routed to at least one subscriber.",
+            ),
             dropped: Dropped {
                 queue_full: dropped_vec.with_label_values(&["queue_full"]),
                 no_subscriber: dropped_vec.with_label_values(&["no_subscriber"]),
                 offline_qos0: dropped_vec.with_label_values(&["offline_qos0"]),
                 sys_topic: dropped_vec.with_label_values(&["sys_topic"]),
                 acl: dropped_vec.with_label_values(&["acl"]),
+                expired: dropped_vec.with_label_values(&["expired"]),
             },
             retained_refused: counter(
                 "retained_refused_total",
@@ -149,38 +291,37 @@ impl Metrics {
                 "tls_handshake_failures_total",
                 "TLS handshakes that failed or timed out.",
             ),
-            acl_denied: {
-                let v = counter_vec(
-                    "acl_denied_total",
-                    "Actions the ACL refused, by action (publish, subscribe, receive).",
-                    "action",
-                );
-                AclDenied {
-                    publish: v.with_label_values(&["publish"]),
-                    subscribe: v.with_label_values(&["subscribe"]),
-                    receive: v.with_label_values(&["receive"]),
-                }
+            acl_denied: AclDenied {
+                publish: acl_vec.with_label_values(&["publish"]),
+                subscribe: acl_vec.with_label_values(&["subscribe"]),
+                receive: acl_vec.with_label_values(&["receive"]),
             },
-            file_reloads: {
-                let v = IntCounterVec::new(
-                    Opts::new(
-                        "file_reloads_total",
-                        "Reloads of the ACL and password files, by file and result.",
-                    ),
-                    &["file", "result"],
-                )
-                .unwrap_or_else(|e| panic!("metric file_reloads_total: {e}"));
-                registry
-                    .register(Box::new(v.clone()))
-                    .unwrap_or_else(|e| panic!("metric file_reloads_total: {e}"));
-                v
+            file_reloads,
+            delivery_latency,
+            state: State {
+                sessions: gauge_vec(
+                    "sessions",
+                    "Sessions by state: online (connected) and offline (persistent, kept).",
+                    "state",
+                    &["online", "offline"],
+                ),
+                subscriptions: gauge("subscriptions", "Subscriptions."),
+                retained: gauge("retained_messages", "Retained messages."),
+                queued: gauge(
+                    "queued_messages",
+                    "Messages queued for sessions, not yet sent.",
+                ),
+                inflight: gauge(
+                    "inflight_messages",
+                    "QoS 1 and 2 messages sent to clients and not yet acknowledged.",
+                ),
             },
-            connections_current,
             registry,
         }
     }
 
-    /// The metrics in Prometheus text format.
+    /// The metrics in Prometheus text format (the scrape-time gauges are set by the caller
+    /// first: `Broker::render_metrics`).
     pub fn render(&self) -> String {
         let families = self.registry.gather();
         prometheus::TextEncoder::new()
@@ -192,5 +333,33 @@ impl Metrics {
 impl Default for Metrics {
     fn default() -> Self {
         Metrics::new()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_series_exists_from_the_start_with_the_hmq_prefix() {
+        let m = Metrics::new();
+        let text = m.render();
+        for line in text.lines().filter(|l| !l.starts_with('#')) {
+            assert!(line.starts_with("hmq_"), "{line}");
+        }
+        for needle in [
+            "hmq_connections_current{listener=\"wss\"} 0",
+            "hmq_connects_refused_total{reason=\"bad_credentials\"} 0",
+            "hmq_disconnects_total{reason=\"shutdown\"} 0",
+            "hmq_publish_dropped_total{reason=\"expired\"} 0",
+            "hmq_sessions{state=\"offline\"} 0",
+            "hmq_build_info{version=",
+            "hmq_delivery_latency_seconds_bucket",
+            "hmq_file_reloads_total{file=\"passwords\",result=\"error\"} 0",
+            "hmq_process_resident_memory_bytes",
+            "hmq_process_cpu_seconds_total",
+        ] {
+            assert!(text.contains(needle), "missing {needle}");
+        }
     }
 }

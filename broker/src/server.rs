@@ -22,12 +22,10 @@ use crate::auth::PasswordFile;
 use crate::broker::Broker;
 use crate::config::Config;
 use crate::connection::{self, ConnInfo, ListenerKind};
+use crate::session::{KickReason, Owner};
 use crate::transport::tls::{TlsAcceptor, TlsError};
 use crate::transport::{proxy, ws};
 use crate::watch;
-
-/// How long `run` waits for connections to close after shutdown begins.
-const DRAIN_DEADLINE: Duration = Duration::from_secs(10);
 
 /// How often reloadable files are checked for changes.
 const FILE_POLL: Duration = Duration::from_secs(2);
@@ -89,6 +87,9 @@ pub struct Server {
     acl_path: Option<PathBuf>,
     password_path: Option<PathBuf>,
     sys_interval: u64,
+    http: Option<TcpListener>,
+    drain_rate: u32,
+    shutdown_timeout: Duration,
 }
 
 /// What the accept side needs to turn a TCP connection into an MQTT byte stream.
@@ -108,9 +109,6 @@ fn check_supported(c: &Config) -> Result<(), ServerError> {
     }
     if c.cluster.port.is_some() {
         return unsupported("cluster.port", "clustering");
-    }
-    if c.http_port.is_some() {
-        return unsupported("httpPort", "the HTTP (metrics and health) listener");
     }
     Ok(())
 }
@@ -155,6 +153,25 @@ impl Server {
     /// Validates what this version serves, loads the TLS material and binds the listeners.
     pub async fn bind(config: &Config) -> Result<Server, ServerError> {
         check_supported(config)?;
+        // Files first, sockets after: a bad file stops the broker before it listens anywhere.
+        let acl = match (config.acl, &config.acl_conf) {
+            (true, Some(path)) => Some(load_acl(path).map_err(ServerError::Acl)?),
+            _ => None,
+        };
+        let passwords = match &config.password_file {
+            Some(path) => {
+                let file = load_passwords(path).map_err(ServerError::Passwords)?;
+                let weak = file.weak_entries();
+                if !weak.is_empty() {
+                    warn!(
+                        users = %weak.join(", "),
+                        "weak password hashes ($6$, or $7$ with few iterations): run `hmq passwd` for these users"
+                    );
+                }
+                Some(file)
+            }
+            None => None,
+        };
         let tls = if config.tls_port.is_some() || config.ws_tls {
             Some(TlsAcceptor::from_config(&config.tls_info).map_err(ServerError::Tls)?)
         } else {
@@ -178,22 +195,8 @@ impl Server {
             };
             listeners.push((kind, bind_one("wsPort", &config.host, port.0).await?));
         }
-        let acl = match (config.acl, &config.acl_conf) {
-            (true, Some(path)) => Some(load_acl(path).map_err(ServerError::Acl)?),
-            _ => None,
-        };
-        let passwords = match &config.password_file {
-            Some(path) => {
-                let file = load_passwords(path).map_err(ServerError::Passwords)?;
-                let weak = file.weak_entries();
-                if !weak.is_empty() {
-                    warn!(
-                        users = %weak.join(", "),
-                        "weak password hashes ($6$, or $7$ with few iterations): run `hmq passwd` for these users"
-                    );
-                }
-                Some(file)
-            }
+        let http = match config.http_port {
+            Some(port) => Some(bind_one("httpPort", &config.http_host, port.0).await?),
             None => None,
         };
         Ok(Server {
@@ -201,6 +204,9 @@ impl Server {
             acl_path: config.acl.then(|| config.acl_conf.clone()).flatten(),
             password_path: config.password_file.clone(),
             sys_interval: config.sys_interval,
+            http,
+            drain_rate: config.drain_rate,
+            shutdown_timeout: Duration::from_secs(config.shutdown_timeout),
             listeners,
             transport: Arc::new(TransportConfig {
                 tls,
@@ -226,6 +232,11 @@ impl Server {
             .and_then(|(_, l)| l.local_addr().ok())
     }
 
+    /// The address of the HTTP listener (`/metrics`, `/healthz`, `/readyz`), if configured.
+    pub fn http_addr(&self) -> Option<SocketAddr> {
+        self.http.as_ref().and_then(|l| l.local_addr().ok())
+    }
+
     /// The shared broker state (metrics, sessions) for inspection.
     pub fn broker(&self) -> Arc<Broker> {
         self.broker.clone()
@@ -242,6 +253,9 @@ impl Server {
             acl_path,
             password_path,
             sys_interval,
+            http,
+            drain_rate,
+            shutdown_timeout,
         } = self;
         let tracker = TaskTracker::new();
         let permits = if max_connections == 0 {
@@ -257,6 +271,16 @@ impl Server {
             shutdown: shutdown.clone(),
             max_connections,
         });
+        // Background tasks that outlive the listeners, until the drain is over.
+        let stopped = CancellationToken::new();
+        tokio::spawn(crate::http::heartbeat(broker.clone(), stopped.clone()));
+        if let Some(listener) = http {
+            tokio::spawn(crate::http::serve(
+                listener,
+                broker.clone(),
+                stopped.clone(),
+            ));
+        }
         if let Some(tls) = &accept.transport.tls {
             tls.spawn_reloader(shutdown.clone());
         }
@@ -306,13 +330,22 @@ impl Server {
             }
             accepters.push(tokio::spawn(accept.clone().accept_loop(kind, listener)));
         }
+        broker.health.beat();
+        broker.health.set_ready(true);
+
+        shutdown.cancelled().await;
+        let deadline = Instant::now() + shutdown_timeout;
+        broker.health.set_ready(false);
         for a in accepters {
             let _ = a.await;
         }
-
-        info!("shutting down: closing connections");
+        info!(
+            connections = tracker.len(),
+            drain_rate, "shutting down: draining connections"
+        );
         tracker.close();
-        if tokio::time::timeout(DRAIN_DEADLINE, tracker.wait())
+        drain(&broker, &tracker, drain_rate, deadline).await;
+        if tokio::time::timeout_at(deadline.max(Instant::now() + FINAL_WAIT), tracker.wait())
             .await
             .is_err()
         {
@@ -322,8 +355,48 @@ impl Server {
             );
         }
         sweeper.abort();
+        stopped.cancel();
         info!("broker stopped");
         Ok(())
+    }
+}
+
+/// After the deadline, how long the last connections get to close.
+const FINAL_WAIT: Duration = Duration::from_secs(2);
+
+/// Disconnects the connected clients at most `rate` per second (0: all at once), so that they
+/// reconnect elsewhere without a storm. At `deadline` whatever is left is disconnected at once.
+/// Each client is closed as by a broker shutdown: no will, an offline notification.
+async fn drain(broker: &Broker, tracker: &TaskTracker, rate: u32, deadline: Instant) {
+    let per_tick = if rate == 0 {
+        usize::MAX
+    } else {
+        (rate as usize).div_ceil(100)
+    };
+    let mut tick = tokio::time::interval(Duration::from_millis(10));
+    let mut pending: Vec<Owner> = Vec::new();
+    let mut next_snapshot = Instant::now();
+    loop {
+        if tracker.is_empty() {
+            return;
+        }
+        if Instant::now() >= deadline {
+            for owner in broker.sessions.online_owners() {
+                owner.kick(KickReason::Shutdown);
+            }
+            return;
+        }
+        // Connections that finished their handshake since the last look are picked up too.
+        if pending.is_empty() && Instant::now() >= next_snapshot {
+            pending = broker.sessions.online_owners();
+            pending.retain(|o| !o.kick.is_cancelled());
+            next_snapshot = Instant::now() + Duration::from_millis(500);
+        }
+        let n = pending.len().min(per_tick);
+        for owner in pending.drain(..n) {
+            owner.kick(KickReason::Shutdown);
+        }
+        tick.tick().await;
     }
 }
 

@@ -246,6 +246,7 @@ async fn reload_applies_to_connected_clients_and_bad_files_keep_the_old_rules() 
 async fn a_bad_acl_file_stops_the_broker_with_file_and_line() {
     let path = acl_file("bad", "allow clientid * 3 #\n\nallow clientid * 4 a\n");
     let config = hmq::config::Config {
+        http_port: None,
         host: "127.0.0.1".into(),
         port: hmq::config::Port(0),
         acl: true,

@@ -149,6 +149,7 @@ async fn a_bad_password_file_stops_the_broker_with_file_and_line() {
     let path = dir.join("passwd");
     std::fs::write(&path, "# users\nalice\n").unwrap();
     let config = hmq::config::Config {
+        http_port: None,
         host: "127.0.0.1".into(),
         port: hmq::config::Port(0),
         password_file: Some(path.clone()),

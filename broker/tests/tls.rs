@@ -370,6 +370,7 @@ async fn unreadable_tls_files_stop_startup_with_the_file_named() {
     let pki = Pki::new();
     let missing = pki.dir.join("nope.key");
     let config = hmq::config::Config {
+        http_port: None,
         host: "127.0.0.1".into(),
         port: hmq::config::Port(0),
         tls_host: "127.0.0.1".into(),

@@ -69,7 +69,8 @@ pub struct Config {
     /// Path of the ACL file (hmq's acl.conf format), read when `acl` is true. Default unset.
     #[serde(deserialize_with = "de::optional_path")]
     pub acl_conf: Option<PathBuf>,
-    /// Port of hmq's HTTP API. Unset, null or "" = off. Default off.
+    /// Port of the HTTP listener serving `/metrics` (Prometheus), `/healthz` and `/readyz`
+    /// (bound on `httpHost`). null or "" = off. Default 8080.
     #[serde(deserialize_with = "port::optional_port::deserialize")]
     pub http_port: Option<Port>,
     /// Debug logging (`-d`/`-D`). Default false.
@@ -131,6 +132,28 @@ pub struct Config {
     pub ws_forwarded_for: bool,
     /// Seconds between `$SYS/broker/...` statistics publications; 0 = off. Default 10.
     pub sys_interval: u64,
+    /// Address the HTTP listener (`httpPort`) binds: an IP address, or a host name. Default
+    /// "0.0.0.0".
+    pub http_host: String,
+    /// Log format: "text" (default) or "json" (one JSON object per line, for log collectors).
+    pub log_format: LogFormat,
+    /// On shutdown, clients are disconnected at most this many per second, so that they
+    /// reconnect elsewhere without a storm; 0 = all at once. Default 500.
+    pub drain_rate: u32,
+    /// Seconds a shutdown may take (draining clients included) before the remaining connections
+    /// are closed at once and the broker exits; 1 to 3600. Default 25.
+    pub shutdown_timeout: u64,
+}
+
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    #[default]
+    Text,
+    /// One JSON object per line.
+    Json,
 }
 
 /// The inter-broker (cluster) listener.
@@ -202,7 +225,7 @@ impl Default for Config {
             tls_info: TlsInfo::default(),
             acl: false,
             acl_conf: None,
-            http_port: None,
+            http_port: Some(Port(8080)),
             debug: false,
             plugins: None,
             worker_threads: 0,
@@ -224,6 +247,10 @@ impl Default for Config {
             proxy_protocol: false,
             ws_forwarded_for: false,
             sys_interval: 10,
+            http_host: "0.0.0.0".to_owned(),
+            log_format: LogFormat::Text,
+            drain_rate: 500,
+            shutdown_timeout: 25,
         }
     }
 }
@@ -384,7 +411,13 @@ mod tests {
                 "router": "", "aclConf": "", "tlsInfo": {"caFile": "", "certFile": null}}"#,
         )
         .unwrap();
-        assert_eq!(off, Config::default());
+        assert_eq!(
+            off,
+            Config {
+                http_port: None,
+                ..Config::default()
+            }
+        );
         assert_eq!(off.router_address(), None);
     }
 
@@ -415,9 +448,12 @@ mod tests {
             (false, None::<&Path>)
         );
         assert_eq!(
-            (config.http_port, config.debug, config.worker_num),
-            (None, false, None)
+            (config.http_port, config.http_host.as_str()),
+            (Some(Port(8080)), "0.0.0.0")
         );
+        assert_eq!((config.debug, config.worker_num), (false, None));
+        assert_eq!(config.log_format, LogFormat::Text);
+        assert_eq!((config.drain_rate, config.shutdown_timeout), (500, 25));
         assert_eq!(config.worker_threads, 0);
         assert_eq!(config.connect_timeout, 10);
         assert_eq!(config.max_packet_size, 1_048_576);

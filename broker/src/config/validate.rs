@@ -21,6 +21,7 @@ pub(super) fn check(config: &Config) -> Result<(), ConfigError> {
     check_host("host", &config.host)?;
     check_host("cluster.host", &config.cluster.host)?;
     check_host("tlsHost", &config.tls_host)?;
+    check_host("httpHost", &config.http_host)?;
     check_ws_path(&config.ws_path)?;
     check_tls(config)?;
     if config.acl && config.acl_conf.is_none() {
@@ -223,6 +224,7 @@ fn check_limits(config: &Config) -> Result<(), ConfigError> {
         0,
         Some(MAX_SESSION_EXPIRY),
     )?;
+    in_range("shutdownTimeout", config.shutdown_timeout, 1, Some(3600))?;
     Ok(())
 }
 

@@ -133,6 +133,10 @@ const READ_PAUSE: usize = 4 * HIGH_WATER;
 /// Most deliveries taken from the inbox under one lock.
 const BATCH: usize = 128;
 
+/// One delivery in this many is timed for `hmq_delivery_latency_seconds`: a histogram
+/// observation is three atomic adds on counters every connection shares.
+const LATENCY_SAMPLE: u32 = 16;
+
 /// Read buffer growth step; packets larger than this grow it as needed (up to the packet limit).
 const READ_CHUNK: usize = 4096;
 
@@ -237,7 +241,9 @@ where
         }
     };
 
-    let owner = Owner::with_parent(broker.next_conn_id(), shutdown);
+    // Not tied to the shutdown token: at shutdown the server drains connections at a bounded
+    // rate by kicking their owners one by one.
+    let owner = Owner::new(broker.next_conn_id());
     let accepted = match handshake::accept(connect, &info, broker, owner.clone(), &mut wq).await {
         Ok(a) => a,
         Err(why) => {
@@ -266,6 +272,7 @@ where
         batch: Vec::new(),
         pressure: None,
         client_slow: false,
+        sent: 0,
     };
     crate::sys::publish_presence(broker, &conn.client_id, true);
     conn.resend_inflight();
@@ -341,6 +348,8 @@ struct Connection {
     pressure: Option<Congestion>,
     /// Last value given to `Session::set_client_slow`.
     client_slow: bool,
+    /// Deliveries sent, to sample one in `LATENCY_SAMPLE` for the latency histogram.
+    sent: u32,
 }
 
 impl Connection {
@@ -375,7 +384,7 @@ impl Connection {
         loop {
             tokio::select! {
                 biased;
-                // `kick` is a child of the shutdown token: one future serves both.
+                // Takeover, or the shutdown drain reaching this connection.
                 _ = owner.kick.cancelled() => {
                     return match *owner.kick_reason.lock() {
                         Some(KickReason::Takeover) => Close::Takeover,
@@ -458,7 +467,10 @@ impl Connection {
         loop {
             match codec::decode(rbuf, self.broker.settings.max_packet_size) {
                 Ok(Some(packet)) => self.handle(packet)?,
-                Ok(None) => return Ok(()),
+                Ok(None) => {
+                    self.session.set_inflight(self.core.outbound.len());
+                    return Ok(());
+                }
                 Err(e @ codec::DecodeError::TooLarge { .. }) => {
                     return Err(Close::Limit(e.to_string()));
                 }
@@ -690,6 +702,7 @@ impl Connection {
                 self.send(d);
             }
             self.batch = batch;
+            self.session.set_inflight(self.core.outbound.len());
             if !full {
                 return;
             }
@@ -705,7 +718,14 @@ impl Connection {
                 None => return, // unreachable with a window below 65,535
             },
         };
-        self.broker.metrics.sent[d.qos as usize].inc();
+        let metrics = &self.broker.metrics;
+        metrics.sent[d.qos as usize].inc();
+        self.sent = self.sent.wrapping_add(1);
+        if self.sent % LATENCY_SAMPLE == 0 {
+            metrics
+                .delivery_latency
+                .observe(d.msg.received_at.elapsed().as_secs_f64());
+        }
         let msg = &d.msg;
         codec::encode_publish_header(
             self.wq.buf(),

@@ -171,15 +171,9 @@ pub struct Owner {
 impl Owner {
     /// A fresh owner handle for connection `conn_id`.
     pub fn new(conn_id: u64) -> Owner {
-        Owner::with_parent(conn_id, &CancellationToken::new())
-    }
-
-    /// An owner handle whose `kick` is also cancelled when `shutdown` is, so the connection
-    /// watches one token for both (one future less in every connection task).
-    pub fn with_parent(conn_id: u64, shutdown: &CancellationToken) -> Owner {
         Owner {
             conn_id,
-            kick: shutdown.child_token(),
+            kick: CancellationToken::new(),
             kick_reason: Arc::new(Mutex::new(None)),
             released: CancellationToken::new(),
         }
@@ -248,6 +242,8 @@ pub struct Session {
     /// When the owning connection last took messages out of the inbox (`clock_ms`): a slow
     /// client that has taken nothing for `STALLED_MS` is stuck, and nobody waits for it.
     last_drain: AtomicU64,
+    /// QoS 1/2 messages in flight to the client (kept by the owning connection, for metrics).
+    inflight: std::sync::atomic::AtomicU32,
     /// Publishers waiting for this inbox to drain (see `wait_for_room`); woken through their
     /// own `notify` when it drops below `RELIEVED`.
     waiting: Mutex<Vec<Weak<Session>>>,
@@ -273,6 +269,7 @@ impl Session {
             identity: Mutex::new(None),
             client_slow: AtomicBool::new(false),
             last_drain: AtomicU64::new(0),
+            inflight: std::sync::atomic::AtomicU32::new(0),
             waiting: Mutex::new(Vec::new()),
         }
     }
@@ -300,6 +297,22 @@ impl Session {
         if before >= RELIEVED && after < RELIEVED {
             self.wake_waiting();
         }
+    }
+
+    /// Records how many messages are in flight to the client (for metrics).
+    pub fn set_inflight(&self, n: usize) {
+        self.inflight
+            .store(u32::try_from(n).unwrap_or(u32::MAX), Ordering::Relaxed);
+    }
+
+    /// Messages in flight to the client, as last recorded by its connection.
+    pub fn inflight(&self) -> usize {
+        self.inflight.load(Ordering::Relaxed) as usize
+    }
+
+    /// Messages queued (not yet sent).
+    pub fn queued(&self) -> usize {
+        self.inbox.lock().len()
     }
 
     /// Records that the owning connection took messages out of the inbox.

@@ -88,6 +88,22 @@ impl Registry {
         self.store.is_empty()
     }
 
+    /// The owners (connections) of every online session.
+    pub fn online_owners(&self) -> Vec<Owner> {
+        let mut out = Vec::new();
+        self.store.for_each(&mut |s| {
+            if let Some(o) = &s.control.lock().owner {
+                out.push(o.clone());
+            }
+        });
+        out
+    }
+
+    /// Calls `f` for every session, without collecting them.
+    pub fn for_each(&self, mut f: impl FnMut(&Arc<Session>)) {
+        self.store.for_each(&mut f);
+    }
+
     /// Every session, online and offline (for maintenance such as an ACL reload).
     pub fn all(&self) -> Vec<Arc<Session>> {
         self.store.all()

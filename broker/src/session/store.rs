@@ -24,6 +24,8 @@ pub trait SessionStore: Send + Sync + fmt::Debug {
     }
     /// All sessions, for maintenance sweeps.
     fn all(&self) -> Vec<Arc<Session>>;
+    /// Calls `f` for every session, without collecting them (for metrics scrapes).
+    fn for_each(&self, f: &mut dyn FnMut(&Arc<Session>));
 }
 
 /// The in-memory store.
@@ -61,5 +63,11 @@ impl SessionStore for MemoryStore {
 
     fn all(&self) -> Vec<Arc<Session>> {
         self.map.lock().values().cloned().collect()
+    }
+
+    fn for_each(&self, f: &mut dyn FnMut(&Arc<Session>)) {
+        for s in self.map.lock().values() {
+            f(s);
+        }
     }
 }

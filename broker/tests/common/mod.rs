@@ -29,6 +29,8 @@ pub struct TestBroker {
     pub tls_addr: Option<SocketAddr>,
     /// The WebSocket (or WSS) listener, when the configuration has one.
     pub ws_addr: Option<SocketAddr>,
+    /// The HTTP listener, when the configuration has one.
+    pub http_addr: Option<SocketAddr>,
     pub broker: Arc<Broker>,
     shutdown: CancellationToken,
     task: JoinHandle<()>,
@@ -43,12 +45,15 @@ impl TestBroker {
         let mut config = Config {
             host: "127.0.0.1".into(),
             port: Port(0),
+            http_host: "127.0.0.1".into(),
+            http_port: None,
             ..Config::default()
         };
         tweak(&mut config);
         config.validate().expect("test config is valid");
         let server = Server::bind(&config).await.expect("bind");
         let addr = server.local_addr().unwrap();
+        let http_addr = server.http_addr();
         let tls_addr = server.listener_addr(ListenerKind::Tls);
         let ws_addr = server
             .listener_addr(ListenerKind::Ws)
@@ -63,6 +68,7 @@ impl TestBroker {
             addr,
             tls_addr,
             ws_addr,
+            http_addr,
             broker,
             shutdown,
             task,

@@ -61,7 +61,7 @@ start_broker() {
     BROKER_LOG="$WORK/hmq.log"
     for attempt in 1 2 3; do
         BROKER_PORT=$(free_port)
-        "$HMQ_BIN" --host 127.0.0.1 -p "$BROKER_PORT" "${BROKER_ARGS[@]}" >>"$BROKER_LOG" 2>&1 &
+        "$HMQ_BIN" --host 127.0.0.1 -p "$BROKER_PORT" --http-port "" "${BROKER_ARGS[@]}" >>"$BROKER_LOG" 2>&1 &
         BROKER_PID=$!
         if wait_port "$BROKER_PORT" "$BROKER_PID" 10; then
             echo "hmq (pid $BROKER_PID) listening on 127.0.0.1:$BROKER_PORT, log $BROKER_LOG"

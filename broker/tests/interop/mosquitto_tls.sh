@@ -129,7 +129,7 @@ start_tls_broker() {
     }
 }
 EOF
-        "$HMQ_BIN" -c "$config" >>"$BROKER_LOG" 2>&1 &
+        "$HMQ_BIN" -c "$config" --http-port "" >>"$BROKER_LOG" 2>&1 &
         BROKER_PID=$!
         # Both listeners are bound before the broker accepts on either: waiting for the TCP
         # port does not leave a failed TLS handshake in the log.

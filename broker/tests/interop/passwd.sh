@@ -51,7 +51,7 @@ hmq_accepts_mosquitto_passwd() {
     mosquitto_passwd -c -b "$WORK/mosq.passwd" carol "pa ss:wörd" >/dev/null
     printf '{"passwordFile": "%s", "allowAnonymous": false}\n' "$WORK/mosq.passwd" >"$WORK/hmq2.json"
     port=$(free_port)
-    "$HMQ_BIN" --host 127.0.0.1 -p "$port" -c "$WORK/hmq2.json" >"$WORK/hmq2.log" 2>&1 &
+    "$HMQ_BIN" --host 127.0.0.1 -p "$port" -c "$WORK/hmq2.json" --http-port "" >"$WORK/hmq2.log" 2>&1 &
     pid=$!
     wait_port "$port" "$pid" 10
     pub "$port" -u carol -P "pa ss:wörd"
