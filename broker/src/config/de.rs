@@ -31,7 +31,7 @@ pub(crate) fn optional_path<'de, D: Deserializer<'de>>(
 pub(crate) fn cluster<'de, D: Deserializer<'de>>(
     deserializer: D,
 ) -> Result<ClusterConfig, D::Error> {
-    object(deserializer, "an object with host and port")
+    object(deserializer, "an object of cluster keys")
 }
 
 /// The `tlsInfo` section, as an object only.
@@ -100,7 +100,7 @@ mod tests {
             r#"{"tlsInfo": [true]}"#,
         ] {
             let err = serde_json::from_str::<File>(text).unwrap_err().to_string();
-            assert!(err.contains("expected an object with"), "{text}: {err}");
+            assert!(err.contains("expected an object"), "{text}: {err}");
         }
     }
 }

@@ -162,7 +162,7 @@ pub enum LogFormat {
     rename_all = "camelCase",
     deny_unknown_fields,
     default,
-    expecting = "an object with host and port"
+    expecting = "an object of cluster keys"
 )]
 pub struct ClusterConfig {
     /// Address the cluster listener binds: an IP address, or a host name. Default "0.0.0.0".
@@ -170,6 +170,34 @@ pub struct ClusterConfig {
     /// Port of the cluster listener (`-cp`). Unset, null or "" = off. Default off.
     #[serde(deserialize_with = "port::optional_port::deserialize")]
     pub port: Option<Port>,
+    /// This node's name in the cluster: stable across restarts, unique in the cluster. Default
+    /// unset = the host name (the pod name under Kubernetes).
+    #[serde(deserialize_with = "de::optional_string")]
+    pub name: Option<String>,
+    /// Static peers, as "host:port" of their cluster listeners (this node's own address may be
+    /// listed; it is skipped). Used together with `router` discovery. Default empty.
+    pub peers: Vec<String>,
+    /// Shared secret every node of the cluster must present on its links, at least 8
+    /// characters. The cluster does not start without one (from this key, `secretFile` or the
+    /// environment variable `HMQ_CLUSTER_SECRET`). Default unset.
+    #[serde(deserialize_with = "de::optional_string")]
+    pub secret: Option<String>,
+    /// File holding the shared secret (e.g. a mounted Kubernetes Secret); surrounding white
+    /// space is ignored. Default unset.
+    #[serde(deserialize_with = "de::optional_path")]
+    pub secret_file: Option<PathBuf>,
+    /// Also protect the links with mutual TLS, using the `tlsInfo` certificate, key and CA
+    /// (every node presents its certificate and checks its peer's against caFile). Default
+    /// false.
+    pub tls: bool,
+    /// Seconds between two DNS resolutions of the `router` discovery address. Default 5.
+    pub discovery_interval: u64,
+    /// Seconds `/readyz` waits, after start, for the first synchronisation with the peers it
+    /// can reach; after that the node is ready even if some peers are down. Default 10.
+    pub sync_timeout: u64,
+    /// Messages buffered for one unreachable or slow peer before newer ones are dropped
+    /// (and counted). Default 10000.
+    pub max_peer_queue: usize,
 }
 
 impl Default for ClusterConfig {
@@ -177,6 +205,14 @@ impl Default for ClusterConfig {
         ClusterConfig {
             host: "0.0.0.0".to_owned(),
             port: None,
+            name: None,
+            peers: Vec::new(),
+            secret: None,
+            secret_file: None,
+            tls: false,
+            discovery_interval: 5,
+            sync_timeout: 10,
+            max_peer_queue: 10_000,
         }
     }
 }
@@ -371,6 +407,7 @@ mod tests {
             cluster: ClusterConfig {
                 host: "0.0.0.0".into(),
                 port: Some(Port(1993)),
+                ..ClusterConfig::default()
             },
             router: Some("127.0.0.1:9888".into()),
             ws_port: Some(Port(1888)),
@@ -431,7 +468,15 @@ mod tests {
             config.cluster,
             ClusterConfig {
                 host: "0.0.0.0".into(),
-                port: None
+                port: None,
+                name: None,
+                peers: vec![],
+                secret: None,
+                secret_file: None,
+                tls: false,
+                discovery_interval: 5,
+                sync_timeout: 10,
+                max_peer_queue: 10_000,
             }
         );
         assert_eq!(
@@ -563,7 +608,7 @@ mod tests {
             "{\n  \"cluster\": \"0.0.0.0:1993\"\n}",
             2,
             "cluster",
-            "expected an object with host and port",
+            "expected an object of cluster keys",
         ),
         (
             "{\n  \"port\": 1,\n  \"port\": 2\n}",
@@ -781,6 +826,86 @@ mod tests {
             "\"maxPacketSize\": 1048576",
         ] {
             assert!(json.contains(key), "{key} missing from {json}");
+        }
+    }
+
+    #[test]
+    fn cluster_keys() {
+        let config = parse(
+            r#"{"cluster": {"port": 1993, "name": "hmq-0", "peers": ["10.0.0.2:1993", "[::1]:1993",
+                "hmq-1.hmq-headless:1993"], "secretFile": "/etc/hmq/cluster/secret",
+                "discoveryInterval": 2, "syncTimeout": 0, "maxPeerQueue": 5},
+                "router": "hmq-headless.default.svc.cluster.local"}"#,
+        )
+        .unwrap();
+        assert_eq!(config.cluster.name.as_deref(), Some("hmq-0"));
+        assert_eq!(config.cluster.peers.len(), 3);
+        assert_eq!(config.cluster.max_peer_queue, 5);
+        let cases = [
+            (
+                r#"{"cluster": {"peers": ["10.0.0.2"]}}"#,
+                "cluster.peers",
+                "host:port",
+            ),
+            (
+                r#"{"cluster": {"port": 1, "peers": ["a b:1"]}}"#,
+                "cluster.peers",
+                "not allowed",
+            ),
+            (
+                r#"{"cluster": {"port": 1, "peers": ["h:0"]}}"#,
+                "cluster.peers",
+                "1 to 65535",
+            ),
+            (r#"{"router": "peers"}"#, "cluster.port", "is required"),
+            (
+                r#"{"cluster": {"peers": ["h:1"]}}"#,
+                "cluster.port",
+                "is required",
+            ),
+            (
+                r#"{"cluster": {"name": "a b"}}"#,
+                "cluster.name",
+                "without spaces",
+            ),
+            (
+                r#"{"cluster": {"secret": "longenough", "secretFile": "/s"}}"#,
+                "cluster.secret",
+                "not both",
+            ),
+            (
+                r#"{"cluster": {"secret": "short"}}"#,
+                "cluster.secret",
+                "at least 8",
+            ),
+            (
+                r#"{"cluster": {"tls": true}}"#,
+                "cluster.tls",
+                "tlsInfo.certFile",
+            ),
+            (
+                r#"{"cluster": {"discoveryInterval": 0}}"#,
+                "cluster.discoveryInterval",
+                "between",
+            ),
+            (
+                r#"{"cluster": {"maxPeerQueue": 0}}"#,
+                "cluster.maxPeerQueue",
+                "between",
+            ),
+            (
+                r#"{"cluster": {"bogus": 1}}"#,
+                "cluster.bogus",
+                "unknown key",
+            ),
+        ];
+        for (text, key, message) in cases {
+            let err = parse(text).unwrap_err();
+            let shown = err.to_string();
+            assert!(
+                shown.contains(key) && shown.contains(message),
+                "{text}: {shown}"
+            );
         }
     }
 

@@ -32,7 +32,107 @@ pub(super) fn check(config: &Config) -> Result<(), ConfigError> {
     }
     check_plugins(config.plugins.as_ref())?;
     check_auth(config)?;
+    check_cluster(config)?;
     check_limits(config)
+}
+
+fn check_cluster(config: &Config) -> Result<(), ConfigError> {
+    let cluster = &config.cluster;
+    if let Some(name) = &cluster.name {
+        if name.is_empty()
+            || name.len() > 253
+            || name.chars().any(|c| c.is_whitespace() || c.is_control())
+        {
+            return Err(ConfigError::for_key(
+                "cluster.name",
+                format!("must be 1 to 253 characters without spaces, found {name:?}"),
+            ));
+        }
+    }
+    for peer in &cluster.peers {
+        check_host_port("cluster.peers", peer)?;
+    }
+    if let Some(router) = config.router_address() {
+        // "name" (the cluster port is used) or "name:port".
+        match split_port(router) {
+            Some((host, _)) => check_host("router", host)?,
+            None => check_host("router", router)?,
+        }
+    }
+    let wants_cluster = config.router_address().is_some() || !cluster.peers.is_empty();
+    if wants_cluster && cluster.port.is_none() {
+        return Err(ConfigError::for_key(
+            "cluster.port",
+            "is required when router or cluster.peers is set (the peers connect to it)",
+        ));
+    }
+    if cluster.secret.is_some() && cluster.secret_file.is_some() {
+        return Err(ConfigError::for_key(
+            "cluster.secret",
+            "set cluster.secret or cluster.secretFile, not both",
+        ));
+    }
+    if cluster
+        .secret
+        .as_deref()
+        .is_some_and(|s| s.trim().len() < 8)
+    {
+        return Err(ConfigError::for_key(
+            "cluster.secret",
+            "must be at least 8 characters",
+        ));
+    }
+    if cluster.tls {
+        let info = &config.tls_info;
+        let missing = [
+            ("tlsInfo.certFile", info.cert_file.is_none()),
+            ("tlsInfo.keyFile", info.key_file.is_none()),
+            ("tlsInfo.caFile", info.ca_file.is_none()),
+        ];
+        if let Some((key, _)) = missing.iter().find(|(_, missing)| *missing) {
+            return Err(ConfigError::for_key(
+                "cluster.tls",
+                format!("requires {key} (mutual TLS between the nodes)"),
+            ));
+        }
+    }
+    in_range(
+        "cluster.discoveryInterval",
+        cluster.discovery_interval,
+        1,
+        Some(3600),
+    )?;
+    in_range("cluster.syncTimeout", cluster.sync_timeout, 0, Some(600))?;
+    in_range(
+        "cluster.maxPeerQueue",
+        cluster.max_peer_queue,
+        1,
+        Some(10_000_000),
+    )
+}
+
+/// Splits "host:port" (or "[v6]:port") when it ends with a numeric port.
+pub(crate) fn split_port(text: &str) -> Option<(&str, u16)> {
+    let (host, port) = text.rsplit_once(':')?;
+    let port = port.parse::<u16>().ok()?;
+    let host = host
+        .strip_prefix('[')
+        .and_then(|h| h.strip_suffix(']'))
+        .unwrap_or(host);
+    if host.contains(':') && !text.starts_with('[') {
+        return None;
+    }
+    Some((host, port))
+}
+
+fn check_host_port(key: &str, text: &str) -> Result<(), ConfigError> {
+    match split_port(text) {
+        Some((_, 0)) | None => Err(ConfigError::for_key(
+            key,
+            format!("{text:?} must be host:port with a port from 1 to 65535"),
+        )),
+        Some((host, _)) => check_host(key, host),
+    }
 }
 
 fn check_auth(config: &Config) -> Result<(), ConfigError> {
