@@ -368,31 +368,42 @@ const FINAL_WAIT: Duration = Duration::from_secs(2);
 /// reconnect elsewhere without a storm. At `deadline` whatever is left is disconnected at once.
 /// Each client is closed as by a broker shutdown: no will, an offline notification.
 async fn drain(broker: &Broker, tracker: &TaskTracker, rate: u32, deadline: Instant) {
-    let per_tick = if rate == 0 {
-        usize::MAX
-    } else {
-        (rate as usize).div_ceil(100)
-    };
-    let mut tick = tokio::time::interval(Duration::from_millis(10));
+    // A token bucket: `rate` closes per second, earned continuously and spent every tick, with
+    // at most one tick's worth saved up so a late tick does not release a burst.
+    const TICK: Duration = Duration::from_millis(10);
+    let per_tick = f64::from(rate) * TICK.as_secs_f64();
+    let mut budget = 1.0_f64;
+    let mut last = Instant::now();
+    let mut tick = tokio::time::interval(TICK);
     let mut pending: Vec<Owner> = Vec::new();
     let mut next_snapshot = Instant::now();
     loop {
         if tracker.is_empty() {
             return;
         }
-        if Instant::now() >= deadline {
+        let now = Instant::now();
+        if now >= deadline {
             for owner in broker.sessions.online_owners() {
                 owner.kick(KickReason::Shutdown);
             }
             return;
         }
         // Connections that finished their handshake since the last look are picked up too.
-        if pending.is_empty() && Instant::now() >= next_snapshot {
+        if pending.is_empty() && now >= next_snapshot {
             pending = broker.sessions.online_owners();
             pending.retain(|o| !o.kick.is_cancelled());
-            next_snapshot = Instant::now() + Duration::from_millis(500);
+            next_snapshot = now + Duration::from_millis(500);
         }
-        let n = pending.len().min(per_tick);
+        let n = if rate == 0 {
+            pending.len()
+        } else {
+            budget = (budget + f64::from(rate) * (now - last).as_secs_f64()).min(per_tick.max(1.0));
+            let n = budget.floor();
+            budget -= n;
+            n as usize
+        };
+        last = now;
+        let n = n.min(pending.len());
         for owner in pending.drain(..n) {
             owner.kick(KickReason::Shutdown);
         }

@@ -303,7 +303,8 @@ pub(crate) async fn end_before_session<W: AsyncWrite + Unpin>(
     why: Close,
 ) {
     if !wq.is_empty() {
-        let _ = tokio::time::timeout(FINAL_FLUSH, wq.flush_all(writer)).await;
+        let _ = tokio::time::timeout(FINAL_FLUSH, wq.flush_all(writer, &broker.metrics.bytes_out))
+            .await;
     }
     close_transport(writer).await;
     match &why {
@@ -766,7 +767,11 @@ impl Connection {
     /// session back.
     async fn finish<W: AsyncWrite + Unpin>(&mut self, writer: &mut W, owner: &Owner, why: &Close) {
         if !matches!(why, Close::Network(_) | Close::PeerClosed) && !self.wq.is_empty() {
-            let _ = tokio::time::timeout(FINAL_FLUSH, self.wq.flush_all(writer)).await;
+            let _ = tokio::time::timeout(
+                FINAL_FLUSH,
+                self.wq.flush_all(writer, &self.broker.metrics.bytes_out),
+            )
+            .await;
         }
         if why.publishes_will() {
             if let Some(w) = self.will.take() {

@@ -107,10 +107,16 @@ impl WriteQueue {
         }
     }
 
-    /// Writes everything, or fails.
-    pub async fn flush_all<W: AsyncWrite + Unpin>(&mut self, w: &mut W) -> io::Result<()> {
+    /// Writes everything, or fails; adds each write to `written` (the bytes-sent counter), so
+    /// a write cut short by a timeout is still counted.
+    pub async fn flush_all<W: AsyncWrite + Unpin>(
+        &mut self,
+        w: &mut W,
+        written: &prometheus::IntCounter,
+    ) -> io::Result<()> {
         while !self.is_empty() {
-            self.write_to(w).await?;
+            let n = self.write_to(w).await?;
+            written.inc_by(n as u64);
         }
         w.flush().await
     }
@@ -168,9 +174,11 @@ mod tests {
             out: Vec::new(),
             limit: 777,
         };
-        q.flush_all(&mut w).await.unwrap();
+        let written = prometheus::IntCounter::new("w", "w").unwrap();
+        q.flush_all(&mut w, &written).await.unwrap();
         assert!(q.is_empty());
         assert_eq!(w.out, want);
+        assert_eq!(written.get(), want.len() as u64);
     }
 
     #[tokio::test]
