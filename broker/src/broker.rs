@@ -115,6 +115,8 @@ pub struct Broker {
     slow_checks: tokio::sync::Semaphore,
     /// What `/healthz` and `/readyz` report.
     pub health: crate::http::Health,
+    /// The cluster, when `cluster.port` is set (installed once, before serving).
+    pub cluster: std::sync::OnceLock<Arc<crate::cluster::Cluster>>,
     /// Bumped to ask the background tasks to re-read their files now (SIGHUP).
     pub reload: tokio::sync::watch::Sender<u64>,
     /// Bumped after every attempt to reload a file, successful or not (for tests and tools
@@ -150,6 +152,7 @@ impl Broker {
                 std::thread::available_parallelism().map_or(2, |n| n.get()),
             ),
             health: crate::http::Health::default(),
+            cluster: std::sync::OnceLock::new(),
             reload: tokio::sync::watch::Sender::new(0),
             reloaded: tokio::sync::watch::Sender::new(0),
             next_conn_id: AtomicU64::new(1),
@@ -239,15 +242,30 @@ impl Broker {
             .reclassify(|session, filter| session.acl().subscribe(filter) != SubscribeCheck::Allow);
     }
 
-    /// Routes a message to every matching session and stores it if retained. Returns the number
-    /// of sessions it was offered to and, if the publisher should wait for room, the subscriber
-    /// to wait for (see `Congestion`).
+    /// Routes a message to every matching session and stores it if retained; in a cluster,
+    /// also forwards it to the peers with matching routes. Returns the number of local sessions
+    /// it was offered to and, if the publisher should wait for room, the subscriber to wait for
+    /// (see `Congestion`).
     pub fn publish(&self, msg: &Arc<Message>) -> (usize, Option<Congestion>) {
         if msg.retain {
             self.store_retained(msg);
         }
-        let (n, congested) = self.route_message(msg);
-        if n == 0 {
+        let (n, congested, peers) = match self.cluster.get() {
+            None => {
+                let (n, c) = self.route_message(msg, true, |_| true);
+                (n, c, 0)
+            }
+            Some(cluster) => {
+                let mut plan = cluster.plan(&msg.topic);
+                let (n, c) = if plan.is_empty() {
+                    self.route_message(msg, true, |_| true)
+                } else {
+                    self.route_message(msg, true, |g| cluster.pick_local_group(&mut plan, g))
+                };
+                (n, c, cluster.send(msg, plan))
+            }
+        };
+        if n == 0 && peers == 0 {
             self.metrics.dropped.no_subscriber.inc();
         } else {
             self.metrics.routed.inc();
@@ -256,51 +274,123 @@ impl Broker {
     }
 
     /// Publishes a message the broker itself originates (`$SYS`): routed like any other, but
-    /// not counted as a dropped publish when nobody listens.
+    /// not counted as a dropped publish when nobody listens, and kept on this node.
     pub fn publish_internal(&self, msg: &Arc<Message>) {
         if msg.retain {
             // A fixed set of `$SYS` topics: not counted against `maxRetainedMessages`, which
             // bounds what clients can make the broker keep.
             self.retained.set_unbounded(msg);
         }
-        self.route_message(msg);
+        self.route_message(msg, true, |_| true);
     }
 
-    fn route_message(&self, msg: &Arc<Message>) -> (usize, Option<Congestion>) {
+    /// Publishes a notification the broker originates that subscribers on every node of a
+    /// cluster get (online/offline events): like `publish_internal`, and forwarded.
+    pub fn publish_notification(&self, msg: &Arc<Message>) {
+        match self.cluster.get() {
+            None => self.publish_internal(msg),
+            Some(cluster) => {
+                let mut plan = cluster.plan(&msg.topic);
+                self.route_message(msg, true, |g| cluster.pick_local_group(&mut plan, g));
+                cluster.send(msg, plan);
+            }
+        }
+    }
+
+    /// Delivers a message a peer forwarded to the local subscribers it names (never forwarded
+    /// again: that is what keeps messages from looping between nodes).
+    pub fn deliver_forwarded(&self, f: &crate::cluster::proto::Forward) {
+        let msg = Arc::new(Message {
+            topic: f.topic.clone(),
+            payload: f.payload.clone(),
+            qos: QoS::from_u8(f.qos).unwrap_or(QoS::AtMostOnce),
+            retain: f.retain,
+            received_at: std::time::Instant::now(),
+            stamp: f.stamp,
+        });
+        if msg.retain {
+            self.store_retained(&msg);
+        }
+        self.route_message(&msg, f.plain, |g| f.groups.iter().any(|x| x == g));
+    }
+
+    /// Stores a retained message a peer sent when its link came up, unless a newer one is here.
+    pub fn store_synced_retained(&self, f: &crate::cluster::proto::Forward) {
+        let msg = Arc::new(Message {
+            topic: f.topic.clone(),
+            payload: Bytes::copy_from_slice(&f.payload),
+            qos: QoS::from_u8(f.qos).unwrap_or(QoS::AtMostOnce),
+            retain: true,
+            received_at: std::time::Instant::now(),
+            stamp: f.stamp,
+        });
+        if self.retained.set_if_newer(&msg) == Retained::Full {
+            self.metrics.retained_refused.inc();
+        }
+    }
+
+    /// A client connected here: in a cluster, the other nodes let go of the same client id.
+    pub fn client_connected(&self, client_id: &str) {
+        if let Some(cluster) = self.cluster.get() {
+            cluster.evict_elsewhere(client_id);
+        }
+    }
+
+    /// Another node took `client_id` over: its connection here is closed as by a takeover
+    /// (will published) and its session discarded, so it never exists on two nodes.
+    pub fn evict_local(&self, client_id: &str) {
+        if let Some(d) = self.sessions.evict(client_id) {
+            self.forget(d);
+        }
+    }
+
+    /// Whether the cluster (if any) has synchronised with its reachable peers.
+    pub fn cluster_synced(&self) -> bool {
+        self.cluster.get().is_none_or(|c| c.synced())
+    }
+
+    fn route_message(
+        &self,
+        msg: &Arc<Message>,
+        plain: bool,
+        group: impl FnMut(&str) -> bool,
+    ) -> (usize, Option<Congestion>) {
         // The first congested subscriber that the broker is behind on, and the first whose own
         // client is slow: the latter matters only if it is the message's only recipient.
         let mut behind = None;
         let mut slow = None;
         let policy = self.settings.queue;
         let dropped = &self.metrics.dropped;
-        let n = self.router.route(&msg.topic, |session, granted, check| {
-            if check && !session.acl().can_receive(&msg.topic) {
-                self.metrics.acl_denied.receive.inc();
-                return;
-            }
-            let d = Delivery {
-                msg: msg.clone(),
-                qos: msg.qos.min(granted),
-                retain: false,
-            };
-            match session.deliver(d, policy) {
-                Enqueued::Queued => {}
-                Enqueued::Congested => {
-                    let slot = if session.client_slow() {
-                        &mut slow
-                    } else {
-                        &mut behind
-                    };
-                    if slot.is_none() {
-                        *slot = Some(session.clone());
+        let n = self
+            .router
+            .route_with(&msg.topic, plain, group, |session, granted, check| {
+                if check && !session.acl().can_receive(&msg.topic) {
+                    self.metrics.acl_denied.receive.inc();
+                    return;
+                }
+                let d = Delivery {
+                    msg: msg.clone(),
+                    qos: msg.qos.min(granted),
+                    retain: false,
+                };
+                match session.deliver(d, policy) {
+                    Enqueued::Queued => {}
+                    Enqueued::Congested => {
+                        let slot = if session.client_slow() {
+                            &mut slow
+                        } else {
+                            &mut behind
+                        };
+                        if slot.is_none() {
+                            *slot = Some(session.clone());
+                        }
                     }
+                    Enqueued::QueuedEvictedQos0 | Enqueued::DroppedQueueFull => {
+                        dropped.queue_full.inc()
+                    }
+                    Enqueued::DroppedOffline => dropped.offline_qos0.inc(),
                 }
-                Enqueued::QueuedEvictedQos0 | Enqueued::DroppedQueueFull => {
-                    dropped.queue_full.inc()
-                }
-                Enqueued::DroppedOffline => dropped.offline_qos0.inc(),
-            }
-        });
+            });
         let congested = match (behind, slow) {
             (Some(session), _) => Some(Congestion {
                 session,
@@ -331,7 +421,11 @@ impl Broker {
     /// min(retained QoS, granted QoS)) for the subscriber. Shared subscriptions get no retained
     /// messages. `check`: the filter needs a per-message ACL check.
     pub fn subscribe(&self, session: &Arc<Session>, sub: &Subscription<'_>, qos: QoS, check: bool) {
-        self.router.subscribe(session, sub, qos, check);
+        if self.router.subscribe(session, sub, qos, check) {
+            if let Some(cluster) = self.cluster.get() {
+                cluster.local_subscribed(&route_name(sub));
+            }
+        }
         if sub.group.is_some() {
             return;
         }
@@ -356,11 +450,22 @@ impl Broker {
         }
     }
 
+    /// Removes one subscription of a session. Returns true if it existed.
+    pub fn unsubscribe(&self, session_id: u64, sub: &Subscription<'_>) -> bool {
+        let removed = self.router.unsubscribe(session_id, sub);
+        if removed {
+            if let Some(cluster) = self.cluster.get() {
+                cluster.local_unsubscribed(&route_name(sub));
+            }
+        }
+        removed
+    }
+
     /// Removes every subscription of a session that no longer exists.
     pub fn forget(&self, discarded: Discarded) {
         for filter in discarded.subscriptions.keys() {
             if let Ok(sub) = parse_subscription(filter, &self.settings.topics) {
-                self.router.unsubscribe(discarded.session.id(), &sub);
+                self.unsubscribe(discarded.session.id(), &sub);
             }
         }
     }
@@ -410,6 +515,17 @@ impl Broker {
         m.state.retained.set(self.retained.len() as i64);
         m.state.queued.set(queued as i64);
         m.state.inflight.set(inflight as i64);
+        if let Some(cluster) = self.cluster.get() {
+            cluster.update_gauges();
+        }
         m.render()
+    }
+}
+
+/// The name of a subscription as a cluster route: the filter, or `$share/<group>/<filter>`.
+fn route_name(sub: &Subscription<'_>) -> String {
+    match sub.group {
+        Some(g) => format!("$share/{g}/{}", sub.filter),
+        None => sub.filter.to_owned(),
     }
 }

@@ -109,7 +109,9 @@ fn respond(broker: &Broker, req: &Request<Incoming>) -> Response<Full<Bytes>> {
         }
         "/healthz" if broker.health.is_alive() => text(StatusCode::OK, "ok\n"),
         "/healthz" => text(StatusCode::SERVICE_UNAVAILABLE, "event loop stalled\n"),
-        "/readyz" if broker.health.is_ready() => text(StatusCode::OK, "ready\n"),
+        "/readyz" if broker.health.is_ready() && broker.cluster_synced() => {
+            text(StatusCode::OK, "ready\n")
+        }
         "/readyz" => text(StatusCode::SERVICE_UNAVAILABLE, "not ready\n"),
         _ => text(StatusCode::NOT_FOUND, "not found\n"),
     }

@@ -11,6 +11,7 @@ pub mod acl;
 pub mod auth;
 pub mod broker;
 pub mod cli;
+pub mod cluster;
 pub mod codec;
 pub mod config;
 pub mod connection;

@@ -21,6 +21,17 @@ pub struct Message {
     pub retain: bool,
     /// When the broker read it (for latency metrics).
     pub received_at: Instant,
+    /// For retained messages: when the broker read it, in milliseconds since the Unix epoch,
+    /// which orders the copies cluster nodes hold (0 for other messages).
+    pub stamp: u64,
+}
+
+/// Milliseconds since the Unix epoch.
+pub fn now_millis() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or_default()
 }
 
 impl Message {
@@ -32,6 +43,7 @@ impl Message {
             qos,
             retain,
             received_at: Instant::now(),
+            stamp: if retain { now_millis() } else { 0 },
         })
     }
 }

@@ -86,6 +86,32 @@ pub struct State {
     pub inflight: IntGauge,
 }
 
+/// Cluster metrics (all at 0 on a single node).
+#[derive(Debug, Clone)]
+pub struct ClusterMetrics {
+    /// Peers by link state (`linked`: this node's link to them is up; `known`: all peers).
+    pub peers: IntGaugeVec,
+    /// Routes (filter, peer) this node knows from its peers.
+    pub routes: IntGauge,
+    /// Messages waiting for a peer (unsent or not yet acknowledged).
+    pub queued: IntGauge,
+    /// Messages sent to peers (each copy counted).
+    pub forwarded: IntCounter,
+    /// Messages received from peers and delivered here.
+    pub received: IntCounter,
+    /// Messages received twice from a peer (a resend after a link blip) and ignored.
+    pub duplicates: IntCounter,
+    /// Messages for a peer dropped: its queue was full.
+    pub dropped_queue_full: IntCounter,
+    /// Messages for a peer dropped: the peer was gone for good.
+    pub dropped_peer_gone: IntCounter,
+    /// Inter-node connections refused, by reason.
+    pub links_refused: IntCounterVec,
+}
+
+/// `cluster_links_refused_total` reasons.
+pub const LINK_REFUSED_REASONS: [&str; 3] = ["auth", "version", "handshake"];
+
 /// All broker metrics.
 #[derive(Debug, Clone)]
 pub struct Metrics {
@@ -124,6 +150,8 @@ pub struct Metrics {
     pub delivery_latency: Histogram,
     /// Scrape-time gauges.
     pub state: State,
+    /// The cluster.
+    pub cluster: ClusterMetrics,
 }
 
 /// Registers `metric` on `registry`. The definitions are constants of this file, so a failure
@@ -196,6 +224,12 @@ impl Metrics {
             "Actions the ACL refused, by action (publish, subscribe, receive).",
             "action",
             &["publish", "subscribe", "receive"],
+        );
+        let cluster_dropped = counter_vec(
+            "cluster_dropped_total",
+            "Messages for a peer not sent, by reason (queue_full, peer_gone).",
+            "reason",
+            &["queue_full", "peer_gone"],
         );
         let by_qos = |v: &IntCounterVec| ["0", "1", "2"].map(|q| v.with_label_values(&[q]));
         let file_reloads = IntCounterVec::new(
@@ -298,6 +332,39 @@ impl Metrics {
             },
             file_reloads,
             delivery_latency,
+            cluster: ClusterMetrics {
+                peers: gauge_vec(
+                    "cluster_peers",
+                    "Cluster peers: known, and linked (this node's link to them is up).",
+                    "state",
+                    &["known", "linked"],
+                ),
+                routes: gauge(
+                    "cluster_routes",
+                    "Routes (filter, peer) announced by the peers.",
+                ),
+                queued: gauge(
+                    "cluster_queued_messages",
+                    "Messages waiting for a peer: unsent or not yet acknowledged.",
+                ),
+                forwarded: counter(
+                    "cluster_forwarded_total",
+                    "Messages sent to peers (one per copy).",
+                ),
+                received: counter("cluster_received_total", "Messages received from peers."),
+                duplicates: counter(
+                    "cluster_duplicates_total",
+                    "Messages a peer resent after a link blip that were already here (ignored).",
+                ),
+                dropped_queue_full: cluster_dropped.with_label_values(&["queue_full"]),
+                dropped_peer_gone: cluster_dropped.with_label_values(&["peer_gone"]),
+                links_refused: counter_vec(
+                    "cluster_links_refused_total",
+                    "Inter-node connections refused, by reason.",
+                    "reason",
+                    &LINK_REFUSED_REASONS,
+                ),
+            },
             state: State {
                 sessions: gauge_vec(
                     "sessions",

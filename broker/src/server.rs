@@ -20,6 +20,7 @@ use tracing::{debug, error, info, warn};
 use crate::acl::Acl;
 use crate::auth::PasswordFile;
 use crate::broker::Broker;
+use crate::cluster::{Cluster, link};
 use crate::config::Config;
 use crate::connection::{self, ConnInfo, ListenerKind};
 use crate::session::{KickReason, Owner};
@@ -62,6 +63,9 @@ pub enum ServerError {
     /// The password file could not be read or parsed (`file:line: what is wrong`).
     #[error("{0}")]
     Passwords(String),
+    /// The cluster could not be set up (no secret, unreadable secret file).
+    #[error(transparent)]
+    Cluster(#[from] crate::cluster::ClusterError),
     /// The TLS certificate or key could not be loaded (the message names the key and file).
     #[error(transparent)]
     Tls(TlsError),
@@ -90,6 +94,15 @@ pub struct Server {
     http: Option<TcpListener>,
     drain_rate: u32,
     shutdown_timeout: Duration,
+    cluster: Option<ClusterSetup>,
+}
+
+/// The cluster listener and where to find the peers.
+#[derive(Debug)]
+struct ClusterSetup {
+    cluster: Arc<Cluster>,
+    listener: TcpListener,
+    discovery: link::Discovery,
 }
 
 /// What the accept side needs to turn a TCP connection into an MQTT byte stream.
@@ -103,12 +116,11 @@ struct TransportConfig {
 
 /// Refuses configuration that turns on features later versions bring, rather than ignoring it.
 fn check_supported(c: &Config) -> Result<(), ServerError> {
-    let unsupported = |key, what| Err(ServerError::Unsupported { key, what });
-    if c.router.as_deref().is_some_and(|r| !r.is_empty()) {
-        return unsupported("router", "clustering");
-    }
-    if c.cluster.port.is_some() {
-        return unsupported("cluster.port", "clustering");
+    if c.cluster.port.is_some() && c.cluster.tls {
+        return Err(ServerError::Unsupported {
+            key: "cluster.tls",
+            what: "mutual TLS on cluster links",
+        });
     }
     Ok(())
 }
@@ -199,8 +211,35 @@ impl Server {
             Some(port) => Some(bind_one("httpPort", &config.http_host, port.0).await?),
             None => None,
         };
+        let broker = Arc::new(Broker::new(config, acl, passwords));
+        let cluster = match config.cluster.port {
+            Some(port) => {
+                let secret = crate::cluster::load_secret(config)?;
+                let listener = bind_one("cluster.port", &config.cluster.host, port.0).await?;
+                let name = crate::cluster::node_name(config);
+                let cluster = Arc::new(Cluster::new(
+                    name,
+                    secret,
+                    config,
+                    broker.metrics.cluster.clone(),
+                ));
+                let _ = broker.cluster.set(cluster.clone());
+                Some(ClusterSetup {
+                    cluster,
+                    listener,
+                    discovery: link::Discovery {
+                        router: config.router_address().map(str::to_owned),
+                        peers: config.cluster.peers.clone(),
+                        port: port.0,
+                        interval: Duration::from_secs(config.cluster.discovery_interval),
+                    },
+                })
+            }
+            None => None,
+        };
         Ok(Server {
-            broker: Arc::new(Broker::new(config, acl, passwords)),
+            broker,
+            cluster,
             acl_path: config.acl.then(|| config.acl_conf.clone()).flatten(),
             password_path: config.password_file.clone(),
             sys_interval: config.sys_interval,
@@ -237,6 +276,13 @@ impl Server {
         self.http.as_ref().and_then(|l| l.local_addr().ok())
     }
 
+    /// The address of the cluster listener, if configured.
+    pub fn cluster_addr(&self) -> Option<SocketAddr> {
+        self.cluster
+            .as_ref()
+            .and_then(|c| c.listener.local_addr().ok())
+    }
+
     /// The shared broker state (metrics, sessions) for inspection.
     pub fn broker(&self) -> Arc<Broker> {
         self.broker.clone()
@@ -256,6 +302,7 @@ impl Server {
             http,
             drain_rate,
             shutdown_timeout,
+            cluster,
         } = self;
         let tracker = TaskTracker::new();
         let permits = if max_connections == 0 {
@@ -283,6 +330,25 @@ impl Server {
         }
         if let Some(tls) = &accept.transport.tls {
             tls.spawn_reloader(shutdown.clone());
+        }
+        // The cluster links stay up through the drain, so the offline notifications of the
+        // drained clients reach the other nodes.
+        if let Some(setup) = cluster {
+            if let Ok(addr) = setup.listener.local_addr() {
+                info!(%addr, node = setup.cluster.name(), "listening for cluster peers");
+            }
+            tokio::spawn(link::serve(
+                setup.cluster.clone(),
+                broker.clone(),
+                setup.listener,
+                stopped.clone(),
+            ));
+            tokio::spawn(link::discover(
+                setup.cluster,
+                broker.clone(),
+                setup.discovery,
+                stopped.clone(),
+            ));
         }
         let sweeper = tokio::spawn(sweep_sessions(broker.clone(), shutdown.clone()));
         if sys_interval > 0 {

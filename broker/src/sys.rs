@@ -43,7 +43,7 @@ pub fn publish_presence(broker: &Broker, client_id: &str, online: bool) {
         return;
     }
     let payload = presence_payload(client_id, online, SystemTime::now());
-    broker.publish_internal(&Message::new(
+    broker.publish_notification(&Message::new(
         topic,
         Bytes::from(payload),
         QoS::AtMostOnce,

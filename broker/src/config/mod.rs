@@ -13,6 +13,7 @@ use serde::{Deserialize, Serialize};
 
 pub use error::ConfigError;
 pub use port::{Port, PortError};
+pub(crate) use validate::split_port;
 pub use validate::{
     MAX_CONNECT_TIMEOUT, MAX_PACKET_SIZE_LIMIT, MAX_SESSION_EXPIRY, MIN_PACKET_SIZE,
 };

@@ -187,6 +187,7 @@ pub async fn accept(
     if let Some(d) = discarded {
         broker.forget(d);
     }
+    broker.client_connected(&client_id);
 
     let identity = ClientIdentity {
         client_id: client_id.clone(),

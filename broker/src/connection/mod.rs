@@ -513,7 +513,7 @@ impl Connection {
                 for raw in filters {
                     if self.core.subscriptions.remove(&raw).is_some() {
                         if let Ok(sub) = parse_subscription(&raw, &self.broker.settings.topics) {
-                            self.broker.router.unsubscribe(self.session.id(), &sub);
+                            self.broker.unsubscribe(self.session.id(), &sub);
                         }
                     }
                 }

@@ -124,7 +124,20 @@ impl Router {
     /// (with the highest granted QoS among them), plus one call per matching shared group (to the
     /// member it picks). `check` says the subscription needs a per-message ACL check. Returns the
     /// number of calls.
-    pub fn route(&self, topic: &str, mut deliver: impl FnMut(&Arc<Session>, QoS, bool)) -> usize {
+    pub fn route(&self, topic: &str, deliver: impl FnMut(&Arc<Session>, QoS, bool)) -> usize {
+        self.route_with(topic, true, |_| true, deliver)
+    }
+
+    /// Like [`Router::route`], for the cluster: `plain` says whether plain subscriptions get
+    /// the message, and `group(name)` whether a matching shared group does (asked before the
+    /// group picks a member).
+    pub fn route_with(
+        &self,
+        topic: &str,
+        plain: bool,
+        mut group: impl FnMut(&str) -> bool,
+        mut deliver: impl FnMut(&Arc<Session>, QoS, bool),
+    ) -> usize {
         let levels: Levels<'_> = topic.split('/').collect();
         let (shard, _) = self.shard_for(&levels);
         let shard = shard.read();
@@ -138,15 +151,21 @@ impl Router {
 
         let mut calls = 0;
         for subs in &hits {
-            for group in &subs.shared {
-                if let Some(e) = group.pick() {
+            for g in &subs.shared {
+                if !group(g.name()) {
+                    continue;
+                }
+                if let Some(e) = g.pick() {
                     deliver(&e.session, e.qos, e.check);
                     calls += 1;
                 }
             }
         }
-        let plain = hits.iter().filter(|s| !s.normal.is_empty()).count();
-        if plain <= 1 {
+        if !plain {
+            return calls;
+        }
+        let nodes = hits.iter().filter(|s| !s.normal.is_empty()).count();
+        if nodes <= 1 {
             // The common case: one matching filter node, each session in it at most once.
             for subs in &hits {
                 for e in subs.normal.values() {

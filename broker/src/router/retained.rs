@@ -125,17 +125,33 @@ impl RetainedStore {
 
     /// Stores `msg` as the retained message of its topic, or deletes it if the payload is empty.
     pub fn set(&self, msg: &Arc<Message>) -> Retained {
-        self.set_inner(msg, true)
+        self.set_inner(msg, true, false)
     }
 
     /// Like `set`, but never refused for the limit (for the broker's own `$SYS` topics).
     pub fn set_unbounded(&self, msg: &Arc<Message>) -> Retained {
-        self.set_inner(msg, false)
+        self.set_inner(msg, false, false)
     }
 
-    fn set_inner(&self, msg: &Arc<Message>, bounded: bool) -> Retained {
+    /// Stores `msg` unless its topic holds a message at least as recent (by `stamp`); an empty
+    /// payload is ignored. For the retained messages cluster nodes exchange when a link comes up.
+    pub fn set_if_newer(&self, msg: &Arc<Message>) -> Retained {
+        if msg.payload.is_empty() {
+            return Retained::Deleted;
+        }
+        self.set_inner(msg, true, true)
+    }
+
+    fn set_inner(&self, msg: &Arc<Message>, bounded: bool, only_newer: bool) -> Retained {
         let levels: smallvec::SmallVec<[&str; 16]> = msg.topic.split('/').collect();
         let mut shard = self.shard(levels[0]).write();
+        if only_newer {
+            if let Some(existing) = shard.slot(&levels) {
+                if existing.stamp >= msg.stamp {
+                    return Retained::Stored;
+                }
+            }
+        }
         if msg.payload.is_empty() {
             if shard.take(&levels).is_some() {
                 self.count.fetch_sub(1, Ordering::Relaxed);

@@ -232,6 +232,32 @@ impl Registry {
         result
     }
 
+    /// Lets go of `client_id` because it connected to another cluster node: a connected
+    /// session is closed as by a takeover and discarded when its connection ends (its
+    /// subscriptions are then returned by `release`); an offline one is discarded now and
+    /// returned.
+    pub fn evict(&self, client_id: &str) -> Option<Discarded> {
+        let s = self.store.get(client_id)?;
+        let mut c = s.control.lock();
+        if c.discarded {
+            return None;
+        }
+        if let Some(owner) = c.owner.clone() {
+            c.persistent = false;
+            drop(c);
+            owner.kick(KickReason::Takeover);
+            return None;
+        }
+        c.discarded = true;
+        let core = c.core.take();
+        drop(c);
+        self.store.remove(s.client_id(), s.id());
+        Some(Discarded {
+            session: s,
+            subscriptions: core.map(|c| c.subscriptions).unwrap_or_default(),
+        })
+    }
+
     /// Discards offline persistent sessions that have been offline for `after` or longer.
     pub fn expire(&self, now: Instant, after: Duration) -> Vec<Discarded> {
         let mut out = Vec::new();

@@ -1,0 +1,629 @@
+//! Cluster links: discovery of the peers, the dialling side (which sends this node's routes
+//! and messages to one peer), and the accepting side (which applies what a peer sends).
+//!
+//! Discovery resolves the `router` name (all its A/AAAA records, e.g. a Kubernetes headless
+//! Service) and the static `cluster.peers` every `cluster.discoveryInterval`, and runs one dial
+//! loop per address. A dial loop that reaches this node itself (its own name in the handshake)
+//! goes idle; one that reaches a peer already linked through another address backs off. A
+//! failed or broken link is dialled again with a growing pause (0.2 s to 5 s).
+
+use bytes::BytesMut;
+use futures_util::{FutureExt, StreamExt};
+use std::collections::HashMap;
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncWrite, AsyncWriteExt};
+use tokio::net::tcp::OwnedReadHalf;
+use tokio::net::{TcpListener, TcpStream};
+use tokio_util::codec::{FramedRead, LengthDelimitedCodec};
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+use super::proto::{self, Forward, Frame, Side, VERSION};
+use super::{Cluster, Peer};
+use crate::broker::Broker;
+use crate::topic::{TopicLimits, parse_subscription, validate_name};
+
+/// Longest wait for a TCP connect or one handshake frame.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
+/// Pauses between dial attempts.
+const MIN_BACKOFF: Duration = Duration::from_millis(200);
+const MAX_BACKOFF: Duration = Duration::from_secs(5);
+/// Most messages written in one batch.
+const BATCH: usize = 256;
+/// Retained messages sent in one write when a link comes up.
+const RETAINED_BATCH: usize = 512;
+
+/// Why a link failed.
+#[derive(Debug, thiserror::Error)]
+pub enum LinkError {
+    /// Network error.
+    #[error("network: {0}")]
+    Io(#[from] io::Error),
+    /// A frame did not decode, or was not expected here.
+    #[error("protocol: {0}")]
+    Protocol(String),
+    /// The peer did not answer in time.
+    #[error("handshake timed out")]
+    Timeout,
+    /// The peer proved no knowledge of the shared secret, or refused ours.
+    #[error("authentication failed: {0}")]
+    Auth(String),
+    /// The peer speaks another protocol version.
+    #[error("protocol version {0} is not {VERSION}")]
+    Version(u16),
+    /// The address is this node.
+    #[error("the address is this node")]
+    SelfLink,
+    /// The peer closed the link.
+    #[error("closed by the peer")]
+    Closed,
+}
+
+type Reader = FramedRead<OwnedReadHalf, LengthDelimitedCodec>;
+
+fn codec(cluster: &Cluster) -> LengthDelimitedCodec {
+    LengthDelimitedCodec::builder()
+        .length_field_length(4)
+        .max_frame_length(cluster.max_frame)
+        .new_codec()
+}
+
+/// Writes frames, each with its 4-byte length, in one write.
+async fn write_frames<W: AsyncWrite + Unpin>(w: &mut W, frames: &[Frame]) -> Result<(), LinkError> {
+    let mut buf = Vec::new();
+    for f in frames {
+        let body = f.encode().map_err(|e| LinkError::Protocol(e.to_string()))?;
+        buf.extend_from_slice(&(body.len() as u32).to_be_bytes());
+        buf.extend_from_slice(&body);
+    }
+    w.write_all(&buf).await?;
+    Ok(())
+}
+
+fn decode(item: Option<Result<BytesMut, io::Error>>) -> Result<Frame, LinkError> {
+    match item {
+        None => Err(LinkError::Closed),
+        Some(Err(e)) => Err(LinkError::Io(e)),
+        Some(Ok(body)) => Frame::decode(&body).map_err(|e| LinkError::Protocol(e.to_string())),
+    }
+}
+
+async fn read_frame(r: &mut Reader) -> Result<Frame, LinkError> {
+    match tokio::time::timeout(HANDSHAKE_TIMEOUT, r.next()).await {
+        Err(_) => Err(LinkError::Timeout),
+        Ok(item) => match decode(item)? {
+            Frame::Refused { reason } => Err(LinkError::Auth(format!("refused: {reason}"))),
+            f => Ok(f),
+        },
+    }
+}
+
+/// A link this node dialled, after the handshake.
+struct Dialled {
+    reader: Reader,
+    writer: tokio::net::tcp::OwnedWriteHalf,
+    peer: String,
+    last_seq: u64,
+}
+
+async fn dial(cluster: &Cluster, addr: SocketAddr) -> Result<Dialled, LinkError> {
+    let stream = tokio::time::timeout(HANDSHAKE_TIMEOUT, TcpStream::connect(addr))
+        .await
+        .map_err(|_| LinkError::Timeout)??;
+    let _ = stream.set_nodelay(true);
+    let (r, mut writer) = stream.into_split();
+    let mut reader = FramedRead::new(r, codec(cluster));
+    let mine = proto::nonce();
+    write_frames(
+        &mut writer,
+        &[Frame::Hello {
+            version: VERSION,
+            name: cluster.name.to_string(),
+            epoch: cluster.epoch,
+            nonce: mine,
+        }],
+    )
+    .await?;
+    let (peer, theirs) = match read_frame(&mut reader).await? {
+        Frame::Challenge {
+            version,
+            name,
+            nonce,
+        } => {
+            if version != VERSION {
+                return Err(LinkError::Version(version));
+            }
+            (name, nonce)
+        }
+        f => {
+            return Err(LinkError::Protocol(format!(
+                "expected Challenge, got {}",
+                f.kind()
+            )));
+        }
+    };
+    if peer == *cluster.name {
+        return Err(LinkError::SelfLink);
+    }
+    let secret = cluster.secret.bytes();
+    let proof = proto::proof(secret, Side::Dialer, &mine, &theirs, &cluster.name, &peer);
+    write_frames(&mut writer, &[Frame::Auth { proof }]).await?;
+    match read_frame(&mut reader).await? {
+        Frame::Welcome { proof, last_seq } => {
+            let want = proto::proof(secret, Side::Acceptor, &mine, &theirs, &cluster.name, &peer);
+            if !proto::proofs_match(&proof, &want) {
+                return Err(LinkError::Auth(format!(
+                    "{peer} does not know the cluster secret"
+                )));
+            }
+            Ok(Dialled {
+                reader,
+                writer,
+                peer,
+                last_seq,
+            })
+        }
+        f => Err(LinkError::Protocol(format!(
+            "expected Welcome, got {}",
+            f.kind()
+        ))),
+    }
+}
+
+/// Runs a dialled link: sends the full route table and the retained messages, then routes,
+/// evictions and messages as they come, and drops acknowledged messages.
+async fn run_outbound(
+    cluster: &Cluster,
+    broker: &Broker,
+    peer: &Peer,
+    mut link: Dialled,
+    cancel: &CancellationToken,
+) -> Result<(), LinkError> {
+    // Under the local-routes lock, so that no route change falls between the snapshot and the
+    // control queue.
+    let filters = {
+        let local = cluster.local.lock();
+        let mut out = peer.outbox.lock();
+        out.control.clear();
+        out.up = true;
+        let mut acked = 0;
+        while out.messages.front().is_some_and(|m| m.seq <= link.last_seq) {
+            out.messages.pop_front();
+            acked += 1;
+        }
+        cluster.queued.fetch_sub(acked, Ordering::Relaxed);
+        out.written = link.last_seq;
+        local.filters()
+    };
+    write_frames(&mut link.writer, &[Frame::Routes { filters }]).await?;
+    let mut retained = Vec::new();
+    broker.retained.matching("#", &mut retained);
+    for chunk in retained.chunks(RETAINED_BATCH) {
+        let frames: Vec<Frame> = chunk
+            .iter()
+            .map(|m| {
+                Frame::Retained(Forward {
+                    seq: 0,
+                    topic: m.topic.clone(),
+                    payload: m.payload.clone(),
+                    qos: m.qos as u8,
+                    retain: true,
+                    stamp: m.stamp,
+                    plain: false,
+                    groups: Vec::new(),
+                })
+            })
+            .collect();
+        write_frames(&mut link.writer, &frames).await?;
+    }
+    let mut frames = Vec::new();
+    loop {
+        {
+            let mut out = peer.outbox.lock();
+            frames.extend(out.control.drain(..));
+            let from = out.written;
+            for m in out
+                .messages
+                .iter()
+                .skip_while(|m| m.seq <= from)
+                .take(BATCH)
+            {
+                frames.push(Frame::Publish(Forward::clone(m)));
+            }
+            if let Some(Frame::Publish(last)) = frames.last() {
+                out.written = last.seq;
+            }
+        }
+        if !frames.is_empty() {
+            let forwarded = frames
+                .iter()
+                .filter(|f| matches!(f, Frame::Publish(_)))
+                .count();
+            write_frames(&mut link.writer, &frames).await?;
+            cluster.metrics.forwarded.inc_by(forwarded as u64);
+            frames.clear();
+            continue;
+        }
+        tokio::select! {
+            _ = peer.wake.notified() => {}
+            item = link.reader.next() => match decode(item)? {
+                Frame::Ack { seq } => {
+                    let mut out = peer.outbox.lock();
+                    let mut acked = 0;
+                    while out.messages.front().is_some_and(|m| m.seq <= seq) {
+                        out.messages.pop_front();
+                        acked += 1;
+                    }
+                    cluster.queued.fetch_sub(acked, Ordering::Relaxed);
+                }
+                Frame::Refused { reason } => return Err(LinkError::Protocol(reason)),
+                f => return Err(LinkError::Protocol(format!("unexpected {}", f.kind()))),
+            },
+            _ = cancel.cancelled() => return Ok(()),
+        }
+    }
+}
+
+/// Dials `addr` until `cancel`, keeping one link up.
+async fn dial_loop(
+    cluster: Arc<Cluster>,
+    broker: Arc<Broker>,
+    addr: SocketAddr,
+    cancel: CancellationToken,
+) {
+    let mut first = true;
+    let mut backoff = MIN_BACKOFF;
+    let mut warned = false;
+    let done_first = |first: &mut bool| {
+        if std::mem::take(first) {
+            cluster.pending_dials.fetch_sub(1, Ordering::Relaxed);
+        }
+    };
+    loop {
+        let attempt = tokio::select! {
+            r = dial(&cluster, addr) => r,
+            _ = cancel.cancelled() => break,
+        };
+        match attempt {
+            Err(LinkError::SelfLink) => {
+                debug!(%addr, "cluster address is this node");
+                done_first(&mut first);
+                cancel.cancelled().await;
+                break;
+            }
+            Ok(link) => {
+                let peer = cluster.peer(&link.peer);
+                if peer.linked.swap(true, Ordering::AcqRel) {
+                    debug!(%addr, peer = %peer.name, "already linked to this peer through another address");
+                    done_first(&mut first);
+                } else {
+                    *peer.last_seen.lock() = Instant::now();
+                    info!(%addr, peer = %peer.name, resume_after = link.last_seq, "cluster link up");
+                    done_first(&mut first);
+                    warned = false;
+                    backoff = MIN_BACKOFF;
+                    let result = run_outbound(&cluster, &broker, &peer, link, &cancel).await;
+                    {
+                        let mut out = peer.outbox.lock();
+                        out.up = false;
+                        out.control.clear();
+                    }
+                    peer.linked.store(false, Ordering::Release);
+                    *peer.last_seen.lock() = Instant::now();
+                    match result {
+                        Ok(()) => break,
+                        Err(e) => warn!(%addr, peer = %peer.name, reason = %e, "cluster link down"),
+                    }
+                }
+            }
+            Err(e) => {
+                if let LinkError::Auth(_) = e {
+                    cluster
+                        .metrics
+                        .links_refused
+                        .with_label_values(&["auth"])
+                        .inc();
+                }
+                if !warned {
+                    warn!(%addr, reason = %e, "cannot link to cluster peer; retrying");
+                    warned = true;
+                } else {
+                    debug!(%addr, reason = %e, "cannot link to cluster peer");
+                }
+                done_first(&mut first);
+            }
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(backoff) => {}
+            _ = cancel.cancelled() => break,
+        }
+        backoff = (backoff * 2).min(MAX_BACKOFF);
+    }
+    done_first(&mut first);
+}
+
+/// Accepts peers' links until `shutdown`.
+pub async fn serve(
+    cluster: Arc<Cluster>,
+    broker: Arc<Broker>,
+    listener: TcpListener,
+    shutdown: CancellationToken,
+) {
+    loop {
+        let (stream, addr) = tokio::select! {
+            r = listener.accept() => match r {
+                Ok(s) => s,
+                Err(e) => {
+                    warn!(error = %e, "cluster accept failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+            _ = shutdown.cancelled() => return,
+        };
+        let (cluster, broker, shutdown) = (cluster.clone(), broker.clone(), shutdown.clone());
+        tokio::spawn(async move {
+            match accept(&cluster, &broker, stream, &shutdown).await {
+                Ok(()) | Err(LinkError::Closed) => {}
+                Err(e) => {
+                    let reason = match e {
+                        LinkError::Auth(_) => Some("auth"),
+                        LinkError::Version(_) => Some("version"),
+                        LinkError::Timeout | LinkError::Protocol(_) => Some("handshake"),
+                        _ => None,
+                    };
+                    if let Some(reason) = reason {
+                        cluster
+                            .metrics
+                            .links_refused
+                            .with_label_values(&[reason])
+                            .inc();
+                    }
+                    warn!(peer_addr = %addr, reason = %e, "cluster link from peer closed");
+                }
+            }
+        });
+    }
+}
+
+/// The accepting side of one link: handshake, then apply what the peer sends.
+async fn accept(
+    cluster: &Cluster,
+    broker: &Broker,
+    stream: TcpStream,
+    shutdown: &CancellationToken,
+) -> Result<(), LinkError> {
+    let _ = stream.set_nodelay(true);
+    let (r, mut writer) = stream.into_split();
+    let mut reader = FramedRead::new(r, codec(cluster));
+    let (name, epoch, theirs) = match read_frame(&mut reader).await? {
+        Frame::Hello {
+            version,
+            name,
+            epoch,
+            nonce,
+        } => {
+            if version != VERSION {
+                let reason = format!("protocol version {version} is not {VERSION}");
+                let _ = write_frames(&mut writer, &[Frame::Refused { reason }]).await;
+                return Err(LinkError::Version(version));
+            }
+            (name, epoch, nonce)
+        }
+        f => {
+            return Err(LinkError::Protocol(format!(
+                "expected Hello, got {}",
+                f.kind()
+            )));
+        }
+    };
+    let mine = proto::nonce();
+    write_frames(
+        &mut writer,
+        &[Frame::Challenge {
+            version: VERSION,
+            name: cluster.name.to_string(),
+            nonce: mine,
+        }],
+    )
+    .await?;
+    let secret = cluster.secret.bytes();
+    match read_frame(&mut reader).await? {
+        Frame::Auth { proof } => {
+            let want = proto::proof(secret, Side::Dialer, &theirs, &mine, &name, &cluster.name);
+            if !proto::proofs_match(&proof, &want) {
+                let reason = "authentication failed".to_owned();
+                let _ = write_frames(&mut writer, &[Frame::Refused { reason }]).await;
+                return Err(LinkError::Auth(format!(
+                    "{name:?} does not know the cluster secret"
+                )));
+            }
+        }
+        f => {
+            return Err(LinkError::Protocol(format!(
+                "expected Auth, got {}",
+                f.kind()
+            )));
+        }
+    }
+    if name == *cluster.name {
+        // This node dialled itself; the dialler stops there.
+        let proof = proto::proof(secret, Side::Acceptor, &theirs, &mine, &name, &cluster.name);
+        let _ = write_frames(&mut writer, &[Frame::Welcome { proof, last_seq: 0 }]).await;
+        return Ok(());
+    }
+    let peer = cluster.peer(&name);
+    let last_seq = cluster.last_seq(&name, epoch);
+    let proof = proto::proof(secret, Side::Acceptor, &theirs, &mine, &name, &cluster.name);
+    write_frames(&mut writer, &[Frame::Welcome { proof, last_seq }]).await?;
+    peer.inbound.fetch_add(1, Ordering::AcqRel);
+    *peer.last_seen.lock() = Instant::now();
+    let result = inbound(cluster, broker, &peer, epoch, reader, &mut writer, shutdown).await;
+    peer.inbound.fetch_sub(1, Ordering::AcqRel);
+    peer.routes_synced.store(false, Ordering::Release);
+    *peer.last_seen.lock() = Instant::now();
+    if let Err(e) = &result {
+        info!(peer = %peer.name, reason = %e, "cluster link from peer down");
+    }
+    result
+}
+
+/// A route filter from a peer, checked as a client's would be.
+fn valid_route(filter: &str) -> bool {
+    parse_subscription(filter, &TopicLimits::default()).is_ok()
+}
+
+async fn inbound(
+    cluster: &Cluster,
+    broker: &Broker,
+    peer: &Peer,
+    epoch: u64,
+    mut reader: Reader,
+    writer: &mut tokio::net::tcp::OwnedWriteHalf,
+    shutdown: &CancellationToken,
+) -> Result<(), LinkError> {
+    let mut ready = None;
+    let mut ack: Option<u64> = None;
+    loop {
+        let item = match ready.take() {
+            Some(item) => item,
+            None => {
+                // Nothing more buffered: acknowledge what was processed, then wait.
+                if let Some(seq) = ack.take() {
+                    write_frames(writer, &[Frame::Ack { seq }]).await?;
+                }
+                tokio::select! {
+                    item = reader.next() => item,
+                    _ = shutdown.cancelled() => return Ok(()),
+                }
+            }
+        };
+        match decode(item)? {
+            Frame::Routes { filters } => {
+                let n = filters.len();
+                let valid: Vec<String> = filters.into_iter().filter(|f| valid_route(f)).collect();
+                if valid.len() != n {
+                    warn!(peer = %peer.name, invalid = n - valid.len(), "cluster peer sent invalid routes (ignored)");
+                }
+                cluster.remote.write().replace(peer.id, valid);
+                peer.routes_synced.store(true, Ordering::Release);
+                debug!(peer = %peer.name, routes = n, "cluster routes received");
+            }
+            Frame::RouteAdd(filter) => {
+                if valid_route(&filter) {
+                    cluster.remote.write().add(peer.id, &filter);
+                }
+            }
+            Frame::RouteDel(filter) => cluster.remote.write().remove(peer.id, &filter),
+            Frame::Publish(f) => {
+                if validate_name(&f.topic, &TopicLimits::default()).is_err() || f.qos > 2 {
+                    return Err(LinkError::Protocol("invalid forwarded message".into()));
+                }
+                if cluster.accept_seq(&peer.name, epoch, f.seq) {
+                    cluster.metrics.received.inc();
+                    broker.deliver_forwarded(&f);
+                } else {
+                    cluster.metrics.duplicates.inc();
+                }
+                ack = Some(ack.map_or(f.seq, |a: u64| a.max(f.seq)));
+            }
+            Frame::Retained(f) => {
+                if validate_name(&f.topic, &TopicLimits::default()).is_ok() && f.qos <= 2 {
+                    broker.store_synced_retained(&f);
+                }
+            }
+            Frame::Evict { client_id } => broker.evict_local(&client_id),
+            f => return Err(LinkError::Protocol(format!("unexpected {}", f.kind()))),
+        }
+        ready = reader.next().now_or_never();
+    }
+}
+
+/// Where discovery looks for peers.
+#[derive(Debug, Clone)]
+pub struct Discovery {
+    /// `router`: a DNS name (or name:port) whose records are all peers.
+    pub router: Option<String>,
+    /// `cluster.peers`: host:port of each.
+    pub peers: Vec<String>,
+    /// The cluster port, for a router name without a port.
+    pub port: u16,
+    /// Between two resolutions.
+    pub interval: Duration,
+}
+
+async fn resolve(d: &Discovery) -> Option<Vec<SocketAddr>> {
+    let mut out = Vec::new();
+    let mut failed = false;
+    let mut targets: Vec<(String, u16)> = Vec::new();
+    if let Some(router) = &d.router {
+        match crate::config::split_port(router) {
+            Some((host, port)) => targets.push((host.to_owned(), port)),
+            None => targets.push((router.clone(), d.port)),
+        }
+    }
+    for p in &d.peers {
+        if let Some((host, port)) = crate::config::split_port(p) {
+            targets.push((host.to_owned(), port));
+        }
+    }
+    for (host, port) in targets {
+        match tokio::net::lookup_host((host.as_str(), port)).await {
+            Ok(addrs) => out.extend(addrs),
+            Err(e) => {
+                debug!(host, error = %e, "cluster discovery: cannot resolve");
+                failed = true;
+            }
+        }
+    }
+    out.sort();
+    out.dedup();
+    // A failed lookup with nothing found keeps the previous peers (a DNS blip must not cut
+    // links); a partial answer is used.
+    (!(failed && out.is_empty())).then_some(out)
+}
+
+/// Resolves the peers every interval and keeps one dial loop per address, until `shutdown`.
+pub async fn discover(
+    cluster: Arc<Cluster>,
+    broker: Arc<Broker>,
+    discovery: Discovery,
+    shutdown: CancellationToken,
+) {
+    let mut dialers: HashMap<SocketAddr, CancellationToken> = HashMap::new();
+    let mut tick = tokio::time::interval(discovery.interval);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = shutdown.cancelled() => break,
+        }
+        if let Some(addrs) = resolve(&discovery).await {
+            dialers.retain(|addr, token| {
+                let keep = addrs.contains(addr);
+                if !keep {
+                    debug!(%addr, "cluster address no longer discovered");
+                    token.cancel();
+                }
+                keep
+            });
+            for addr in addrs {
+                if dialers.contains_key(&addr) {
+                    continue;
+                }
+                let token = shutdown.child_token();
+                dialers.insert(addr, token.clone());
+                cluster.pending_dials.fetch_add(1, Ordering::Relaxed);
+                tokio::spawn(dial_loop(cluster.clone(), broker.clone(), addr, token));
+            }
+        }
+        cluster.discovered.store(true, Ordering::Relaxed);
+        cluster.forget_gone_peers(|_| false);
+    }
+    for token in dialers.values() {
+        token.cancel();
+    }
+}
