@@ -110,7 +110,7 @@ pub struct ClusterMetrics {
 }
 
 /// `cluster_links_refused_total` reasons.
-pub const LINK_REFUSED_REASONS: [&str; 3] = ["auth", "version", "handshake"];
+pub const LINK_REFUSED_REASONS: [&str; 4] = ["auth", "version", "handshake", "tls"];
 
 /// All broker metrics.
 #[derive(Debug, Clone)]

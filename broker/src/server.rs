@@ -114,17 +114,6 @@ struct TransportConfig {
     proxy_protocol: bool,
 }
 
-/// Refuses configuration that turns on features later versions bring, rather than ignoring it.
-fn check_supported(c: &Config) -> Result<(), ServerError> {
-    if c.cluster.port.is_some() && c.cluster.tls {
-        return Err(ServerError::Unsupported {
-            key: "cluster.tls",
-            what: "mutual TLS on cluster links",
-        });
-    }
-    Ok(())
-}
-
 async fn resolve(key: &'static str, host: &str, port: u16) -> Result<SocketAddr, ServerError> {
     let addr = format!("{host}:{port}");
     let mut addrs = tokio::net::lookup_host((host, port))
@@ -164,7 +153,6 @@ async fn bind_one(key: &'static str, host: &str, port: u16) -> Result<TcpListene
 impl Server {
     /// Validates what this version serves, loads the TLS material and binds the listeners.
     pub async fn bind(config: &Config) -> Result<Server, ServerError> {
-        check_supported(config)?;
         // Files first, sockets after: a bad file stops the broker before it listens anywhere.
         let acl = match (config.acl, &config.acl_conf) {
             (true, Some(path)) => Some(load_acl(path).map_err(ServerError::Acl)?),
@@ -217,12 +205,14 @@ impl Server {
                 let secret = crate::cluster::load_secret(config)?;
                 let listener = bind_one("cluster.port", &config.cluster.host, port.0).await?;
                 let name = crate::cluster::node_name(config);
-                let cluster = Arc::new(Cluster::new(
-                    name,
-                    secret,
-                    config,
-                    broker.metrics.cluster.clone(),
-                ));
+                let mut cluster =
+                    Cluster::new(name, secret, config, broker.metrics.cluster.clone());
+                if config.cluster.tls {
+                    let tls =
+                        crate::cluster::tls::configs(&config.tls_info).map_err(ServerError::Tls)?;
+                    cluster = cluster.with_tls(tls);
+                }
+                let cluster = Arc::new(cluster);
                 let _ = broker.cluster.set(cluster.clone());
                 Some(ClusterSetup {
                     cluster,

@@ -8,6 +8,8 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
+#[path = "common/tls.rs"]
+mod tls_support;
 
 use common::{Client, Opts, Pkt, QUIET, TestBroker, WAIT};
 use std::collections::BTreeMap;
@@ -600,4 +602,48 @@ async fn readiness_waits_for_reachable_peers_only() {
     .await
     .expect("ready although the peer is down");
     n1.stop().await;
+}
+
+#[tokio::test]
+async fn mutual_tls_links_admit_only_the_cluster_ca() {
+    let pki = tls_support::Pki::new();
+    let port = free_port();
+    let with_cert = |n: u8, foreign: bool| {
+        let (cert, key) = pki.node_files(&format!("node-{n}"), foreign);
+        let ca = pki.ca_file();
+        move |c: &mut hmq::config::Config| {
+            c.cluster.tls = true;
+            c.tls_info.cert_file = Some(cert);
+            c.tls_info.key_file = Some(key);
+            c.tls_info.ca_file = Some(ca);
+        }
+    };
+    let n1 = node_with(1, port, all_peers(port, 2), with_cert(1, false)).await;
+    let n2 = node_with(2, port, all_peers(port, 2), with_cert(2, false)).await;
+    wait_mesh(&[&n1, &n2]).await;
+    let mut s = Client::new(n2.addr, "s").await;
+    s.subscribe(&[("m/#", 2)]).await;
+    wait_routes(&n1, 1.0).await;
+    let mut p = Client::new(n1.addr, "p").await;
+    p.publish("m/1", b"over mTLS", 2, false).await;
+    assert_eq!(recv_n(&mut s, 1).await[0].payload, &b"over mTLS"[..]);
+
+    // A node with the right secret but a certificate from another CA is refused by TLS.
+    let n3 = node_with(3, port, all_peers(port, 3), with_cert(3, true)).await;
+    wait_until("n1 refuses n3's certificate", || {
+        metric(&n1, "hmq_cluster_links_refused_total", "reason=\"tls\"") >= 1.0
+    })
+    .await;
+    assert_eq!(metric(&n1, "hmq_cluster_peers", "state=\"known\""), 1.0);
+    // A plain TCP peer (no TLS) is refused as well.
+    let before = metric(&n2, "hmq_cluster_links_refused_total", "reason=\"tls\"");
+    let plain = node(4, port, all_peers(port, 2)).await;
+    wait_until("n2 refuses a peer without TLS", || {
+        metric(&n2, "hmq_cluster_links_refused_total", "reason=\"tls\"") > before
+    })
+    .await;
+    assert_eq!(metric(&n2, "hmq_cluster_peers", "state=\"known\""), 1.0);
+    for b in [n1, n2, n3, plain] {
+        b.stop().await;
+    }
 }

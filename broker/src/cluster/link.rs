@@ -15,8 +15,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
-use tokio::io::{AsyncWrite, AsyncWriteExt};
-use tokio::net::tcp::OwnedReadHalf;
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::codec::{FramedRead, LengthDelimitedCodec};
 use tokio_util::sync::CancellationToken;
@@ -61,9 +60,46 @@ pub enum LinkError {
     /// The peer closed the link.
     #[error("closed by the peer")]
     Closed,
+    /// The TLS handshake failed (no certificate, or one the cluster CA did not sign).
+    #[error("TLS: {0}")]
+    Tls(io::Error),
 }
 
-type Reader = FramedRead<OwnedReadHalf, LengthDelimitedCodec>;
+type Reader = FramedRead<Box<dyn AsyncRead + Send + Unpin>, LengthDelimitedCodec>;
+type Writer = Box<dyn AsyncWrite + Send + Unpin>;
+
+/// The two halves of a link's stream, over TLS when `cluster.tls` is on.
+async fn halves(
+    cluster: &Cluster,
+    stream: TcpStream,
+    dialled: Option<SocketAddr>,
+) -> Result<(Reader, Writer), LinkError> {
+    let _ = stream.set_nodelay(true);
+    let (r, w): (Box<dyn AsyncRead + Send + Unpin>, Writer) = match (&cluster.tls, dialled) {
+        (None, _) => {
+            let (r, w) = stream.into_split();
+            (Box::new(r), Box::new(w))
+        }
+        (Some(tls), Some(addr)) => {
+            let name = rustls::pki_types::ServerName::IpAddress(addr.ip().into());
+            let s = tokio::time::timeout(HANDSHAKE_TIMEOUT, tls.connector.connect(name, stream))
+                .await
+                .map_err(|_| LinkError::Timeout)?
+                .map_err(LinkError::Tls)?;
+            let (r, w) = tokio::io::split(s);
+            (Box::new(r), Box::new(w))
+        }
+        (Some(tls), None) => {
+            let s = tokio::time::timeout(HANDSHAKE_TIMEOUT, tls.acceptor.accept(stream))
+                .await
+                .map_err(|_| LinkError::Timeout)?
+                .map_err(LinkError::Tls)?;
+            let (r, w) = tokio::io::split(s);
+            (Box::new(r), Box::new(w))
+        }
+    };
+    Ok((FramedRead::new(r, codec(cluster)), w))
+}
 
 fn codec(cluster: &Cluster) -> LengthDelimitedCodec {
     LengthDelimitedCodec::builder()
@@ -105,7 +141,7 @@ async fn read_frame(r: &mut Reader) -> Result<Frame, LinkError> {
 /// A link this node dialled, after the handshake.
 struct Dialled {
     reader: Reader,
-    writer: tokio::net::tcp::OwnedWriteHalf,
+    writer: Writer,
     peer: String,
     last_seq: u64,
 }
@@ -114,9 +150,7 @@ async fn dial(cluster: &Cluster, addr: SocketAddr) -> Result<Dialled, LinkError>
     let stream = tokio::time::timeout(HANDSHAKE_TIMEOUT, TcpStream::connect(addr))
         .await
         .map_err(|_| LinkError::Timeout)??;
-    let _ = stream.set_nodelay(true);
-    let (r, mut writer) = stream.into_split();
-    let mut reader = FramedRead::new(r, codec(cluster));
+    let (mut reader, mut writer) = halves(cluster, stream, Some(addr)).await?;
     let mine = proto::nonce();
     write_frames(
         &mut writer,
@@ -373,6 +407,7 @@ pub async fn serve(
                     let reason = match e {
                         LinkError::Auth(_) => Some("auth"),
                         LinkError::Version(_) => Some("version"),
+                        LinkError::Tls(_) => Some("tls"),
                         LinkError::Timeout | LinkError::Protocol(_) => Some("handshake"),
                         _ => None,
                     };
@@ -397,9 +432,7 @@ async fn accept(
     stream: TcpStream,
     shutdown: &CancellationToken,
 ) -> Result<(), LinkError> {
-    let _ = stream.set_nodelay(true);
-    let (r, mut writer) = stream.into_split();
-    let mut reader = FramedRead::new(r, codec(cluster));
+    let (mut reader, mut writer) = halves(cluster, stream, None).await?;
     let (name, epoch, theirs) = match read_frame(&mut reader).await? {
         Frame::Hello {
             version,
@@ -483,7 +516,7 @@ async fn inbound(
     peer: &Peer,
     epoch: u64,
     mut reader: Reader,
-    writer: &mut tokio::net::tcp::OwnedWriteHalf,
+    writer: &mut Writer,
     shutdown: &CancellationToken,
 ) -> Result<(), LinkError> {
     let mut ready = None;

@@ -18,6 +18,7 @@
 pub mod link;
 pub mod proto;
 pub mod routes;
+pub mod tls;
 
 use parking_lot::{Mutex, RwLock};
 use smallvec::SmallVec;
@@ -203,6 +204,7 @@ pub struct Cluster {
     pending_dials: AtomicUsize,
     metrics: ClusterMetrics,
     queued: AtomicU64,
+    tls: Option<tls::ClusterTls>,
 }
 
 /// Peers not linked either way for this long, and no longer discovered, are forgotten with
@@ -233,7 +235,14 @@ impl Cluster {
             pending_dials: AtomicUsize::new(0),
             metrics,
             queued: AtomicU64::new(0),
+            tls: None,
         }
+    }
+
+    /// Links use mutual TLS with these configurations.
+    pub fn with_tls(mut self, tls: tls::ClusterTls) -> Cluster {
+        self.tls = Some(tls);
+        self
     }
 
     /// This node's name.

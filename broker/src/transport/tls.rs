@@ -286,7 +286,7 @@ fn watched_files(info: &TlsInfo) -> Result<Vec<PathBuf>, TlsError> {
 }
 
 /// What the log says about a loaded server certificate.
-struct Summary {
+pub(crate) struct Summary {
     subject: String,
     serial: String,
     not_after: String,
@@ -304,12 +304,12 @@ impl Summary {
     }
 }
 
-fn provider() -> Arc<CryptoProvider> {
+pub(crate) fn provider() -> Arc<CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
 
 /// Reads and checks every file, and builds the rustls configuration.
-fn build(info: &TlsInfo) -> Result<(ServerConfig, Summary), TlsError> {
+pub(crate) fn build(info: &TlsInfo) -> Result<(ServerConfig, Summary), TlsError> {
     let cert_path = info
         .cert_file
         .as_deref()
@@ -400,7 +400,10 @@ fn pem_error(e: &pem::Error) -> String {
 }
 
 /// All `CERTIFICATE` sections of a PEM file, in order; at least one.
-fn load_certs(key: &'static str, path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+pub(crate) fn load_certs(
+    key: &'static str,
+    path: &Path,
+) -> Result<Vec<CertificateDer<'static>>, TlsError> {
     let data = read_file(key, path)?;
     let certs = CertificateDer::pem_slice_iter(&data)
         .collect::<Result<Vec<_>, _>>()
@@ -426,7 +429,7 @@ fn load_certs(key: &'static str, path: &Path) -> Result<Vec<CertificateDer<'stat
 
 /// The first private key of a PEM file: PKCS#8 (`PRIVATE KEY`), PKCS#1 (`RSA PRIVATE KEY`) or
 /// SEC1 (`EC PRIVATE KEY`).
-fn load_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
+pub(crate) fn load_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
     let data = read_file("keyFile", path)?;
     match PrivateKeyDer::from_pem_slice(&data) {
         Ok(key) => Ok(key),

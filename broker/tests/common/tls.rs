@@ -153,6 +153,26 @@ impl Pki {
         issue(params, &self.ca)
     }
 
+    /// A cluster node's certificate and key files (both client and server use, named
+    /// `<cn>.cluster.test`, not by IP), signed by the CA or, if `foreign`, by the other CA.
+    pub fn node_files(&self, cn: &str, foreign: bool) -> (PathBuf, PathBuf) {
+        let mut params = CertificateParams::new(vec![format!("{cn}.cluster.test")]).unwrap();
+        params.distinguished_name.push(DnType::CommonName, cn);
+        params.extended_key_usages = vec![
+            ExtendedKeyUsagePurpose::ServerAuth,
+            ExtendedKeyUsagePurpose::ClientAuth,
+        ];
+        params.serial_number = Some(next_serial());
+        let issued = issue(params, if foreign { &self.other_ca } else { &self.ca });
+        let (cert, key) = (
+            self.dir.join(format!("{cn}.crt")),
+            self.dir.join(format!("{cn}.key")),
+        );
+        std::fs::write(&cert, &issued.cert_pem).unwrap();
+        std::fs::write(&key, &issued.key_pem).unwrap();
+        (cert, key)
+    }
+
     pub fn ca_file(&self) -> PathBuf {
         self.dir.join("ca.pem")
     }
