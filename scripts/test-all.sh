@@ -3,13 +3,14 @@
 # need. This is the README's test command and what CI (.ci/run) runs.
 #
 #   1. set-up: mosquitto + mosquitto-clients (apt), paho-mqtt 2.x (pip), rustfmt + clippy, Node +
-#      chromium (apt) and the interop tests' Node packages (npm ci); each only if missing, so a
-#      second run is fast
+#      chromium (apt), the interop tests' Node packages (npm ci) and iproute2 (apt, for the
+#      cluster test in network namespaces); each only if missing, so a second run is fast
 #   2. cargo fmt --check, cargo clippy -D warnings, cargo test (the whole workspace)
 #   3. cargo build --release --bin hmq, then the interop tests in broker/tests/interop/ against it
 #
 # Fails (non-zero) on the first failing step; a tool that cannot be installed is an error, never a
-# skipped test. Needs root (or sudo) only when something has to be installed.
+# skipped test. Needs root (or sudo) when something has to be installed, and root for the interop
+# test cluster_netns.sh (it makes network namespaces; it fails, not skips, without them).
 #
 # Local use only: HMQ_SKIP_CARGO=1 skips step 2 (fmt, clippy, cargo test), e.g. while other work
 # in the checkout is mid-edit. CI never sets it.
@@ -148,6 +149,13 @@ if [[ ! -d $interop_js/node_modules ||
     echo "installing the interop tests' Node packages (npm ci)"
     (cd "$interop_js" && npm ci --no-audit --no-fund) || fail "npm ci in $interop_js failed"
 fi
+# ip (iproute2): cluster_netns.sh builds its network with ip netns / ip link.
+if ! command -v ip >/dev/null; then
+    echo "installing iproute2 (apt)"
+    apt_install iproute2
+fi
+command -v ip >/dev/null || fail "ip still missing after installing iproute2"
+ip -V
 done_section "set-up"
 
 # ---------------------------------------------------------------------------------------------

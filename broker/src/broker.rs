@@ -31,12 +31,41 @@ const SHARDS: usize = 64;
 /// and still draining, even if its own client is the bottleneck: then waiting slows nobody else
 /// (point to point, fan-in). A slow subscriber among several recipients is never waited for, so
 /// it cannot slow the others' feed: its queue fills and the overflow is dropped and counted.
+///
+/// In a cluster, a peer whose link is up but behind (more than `cluster::PEER_CONGESTED`
+/// messages not yet written to it) holds its publishers back the same way, so the cluster link
+/// sets the pace instead of an ever-growing outbox.
 #[derive(Debug, Clone)]
 pub struct Congestion {
-    /// The subscriber.
-    pub session: Arc<Session>,
+    /// What the publisher waits for.
+    pub on: CongestedOn,
     /// Whether it was the only recipient (then its client's slowness does not matter).
     pub sole_recipient: bool,
+}
+
+/// The subscriber or the cluster peer a publisher waits for.
+#[derive(Debug, Clone)]
+pub enum CongestedOn {
+    /// A local subscriber's inbox.
+    Session(Arc<Session>),
+    /// A peer's outbox.
+    Peer(Arc<crate::cluster::Peer>),
+}
+
+impl Congestion {
+    /// Registers `publisher` to be woken when there is room; false if there is nothing to wait
+    /// for any more.
+    pub fn wait_for_room(&self, publisher: &Arc<Session>) -> bool {
+        match &self.on {
+            CongestedOn::Session(s) => s.wait_for_room(publisher, self.sole_recipient),
+            CongestedOn::Peer(p) => p.wait_for_room(publisher),
+        }
+    }
+
+    /// Whether the publisher would wait for the session `id` (itself).
+    pub fn is_session(&self, id: u64) -> bool {
+        matches!(&self.on, CongestedOn::Session(s) if s.id() == id)
+    }
 }
 
 /// The configuration in the form the connection code reads on every packet.
@@ -262,7 +291,12 @@ impl Broker {
                 } else {
                     self.route_message(msg, true, |g| cluster.pick_local_group(&mut plan, g))
                 };
-                (n, c, cluster.send(msg, plan))
+                let (sent, peer) = cluster.send(msg, plan);
+                let c = c.or(peer.map(|p| Congestion {
+                    on: CongestedOn::Peer(p),
+                    sole_recipient: true,
+                }));
+                (n, c, sent)
             }
         };
         if n == 0 && peers == 0 {
@@ -299,10 +333,12 @@ impl Broker {
 
     /// Delivers a message a peer forwarded to the local subscribers it names (never forwarded
     /// again: that is what keeps messages from looping between nodes).
-    pub fn deliver_forwarded(&self, f: &crate::cluster::proto::Forward) {
+    /// Returns a subscriber the link should wait for before it reads more (flow control that
+    /// reaches back to the publishing node through the link).
+    pub fn deliver_forwarded(&self, f: crate::cluster::proto::Forward) -> Option<Congestion> {
         let msg = Arc::new(Message {
-            topic: f.topic.clone(),
-            payload: f.payload.clone(),
+            topic: f.topic,
+            payload: f.payload,
             qos: QoS::from_u8(f.qos).unwrap_or(QoS::AtMostOnce),
             retain: f.retain,
             received_at: std::time::Instant::now(),
@@ -311,7 +347,8 @@ impl Broker {
         if msg.retain {
             self.store_retained(&msg);
         }
-        self.route_message(&msg, f.plain, |g| f.groups.iter().any(|x| x == g));
+        self.route_message(&msg, f.plain, |g| f.groups.iter().any(|x| x == g))
+            .1
     }
 
     /// Stores a retained message a peer sent when its link came up, unless a newer one is here.
@@ -393,11 +430,11 @@ impl Broker {
             });
         let congested = match (behind, slow) {
             (Some(session), _) => Some(Congestion {
-                session,
+                on: CongestedOn::Session(session),
                 sole_recipient: n == 1,
             }),
             (None, Some(session)) if n == 1 => Some(Congestion {
-                session,
+                on: CongestedOn::Session(session),
                 sole_recipient: true,
             }),
             _ => None,

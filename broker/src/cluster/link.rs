@@ -33,6 +33,10 @@ const MIN_BACKOFF: Duration = Duration::from_millis(200);
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
 /// Most messages written in one batch.
 const BATCH: usize = 256;
+/// Messages written to a link and not yet acknowledged, at most.
+const WINDOW: usize = 1024;
+/// The receiver acknowledges at least every this many messages.
+const ACK_EVERY: usize = 256;
 /// Retained messages sent in one write when a link comes up.
 const RETAINED_BATCH: usize = 512;
 
@@ -112,9 +116,8 @@ fn codec(cluster: &Cluster) -> LengthDelimitedCodec {
 async fn write_frames<W: AsyncWrite + Unpin>(w: &mut W, frames: &[Frame]) -> Result<(), LinkError> {
     let mut buf = Vec::new();
     for f in frames {
-        let body = f.encode().map_err(|e| LinkError::Protocol(e.to_string()))?;
-        buf.extend_from_slice(&(body.len() as u32).to_be_bytes());
-        buf.extend_from_slice(&body);
+        f.encode_into(&mut buf)
+            .map_err(|e| LinkError::Protocol(e.to_string()))?;
     }
     w.write_all(&buf).await?;
     Ok(())
@@ -256,21 +259,35 @@ async fn run_outbound(
     }
     let mut frames = Vec::new();
     loop {
-        {
+        let relieved = {
             let mut out = peer.outbox.lock();
             frames.extend(out.control.drain(..));
-            let from = out.written;
-            for m in out
+            // The outbox holds consecutive sequence numbers from its front: the first unsent
+            // message is found by index, not by a scan of the unacknowledged ones.
+            let start = out
                 .messages
-                .iter()
-                .skip_while(|m| m.seq <= from)
-                .take(BATCH)
-            {
-                frames.push(Frame::Publish(Forward::clone(m)));
+                .front()
+                .map_or(0, |m| (out.written + 1).saturating_sub(m.seq) as usize);
+            let unsent_before = out.messages.len().saturating_sub(start);
+            // At most WINDOW messages written and not yet acknowledged: the socket buffers
+            // hold no more than that, so a peer that reads slowly (its subscribers are behind)
+            // makes the outbox, and so the publishers, wait instead of piling up in flight.
+            let end = (start + BATCH)
+                .min(out.messages.len())
+                .min(WINDOW.max(start));
+            if start < end {
+                frames.extend(
+                    out.messages
+                        .range(start..end)
+                        .map(|m| Frame::Publish(m.clone())),
+                );
+                out.written = out.messages[end - 1].seq;
             }
-            if let Some(Frame::Publish(last)) = frames.last() {
-                out.written = last.seq;
-            }
+            let unsent_after = out.messages.len() - end.max(start);
+            unsent_before >= super::PEER_RELIEVED && unsent_after < super::PEER_RELIEVED
+        };
+        if relieved {
+            peer.wake_waiting();
         }
         if !frames.is_empty() {
             let forwarded = frames
@@ -346,6 +363,8 @@ async fn dial_loop(
                         out.up = false;
                         out.control.clear();
                     }
+                    // Publishers held back by this link go on; their messages queue meanwhile.
+                    peer.wake_waiting();
                     peer.linked.store(false, Ordering::Release);
                     *peer.last_seen.lock() = Instant::now();
                     match result {
@@ -521,7 +540,22 @@ async fn inbound(
 ) -> Result<(), LinkError> {
     let mut ready = None;
     let mut ack: Option<u64> = None;
+    let mut unacked = 0usize;
+    // What local subscribers wake when they have drained, as they wake a waiting publisher.
+    let waiter = Arc::new(crate::session::Session::new(
+        u64::MAX - u64::from(peer.id),
+        format!("$cluster/{}", peer.name).into(),
+        false,
+    ));
     loop {
+        // Under a steady stream the buffer is never empty: acknowledge every ACK_EVERY too, so
+        // the sender's outbox does not grow with it.
+        if unacked >= ACK_EVERY {
+            if let Some(seq) = ack.take() {
+                write_frames(writer, &[Frame::Ack { seq }]).await?;
+            }
+            unacked = 0;
+        }
         let item = match ready.take() {
             Some(item) => item,
             None => {
@@ -529,6 +563,7 @@ async fn inbound(
                 if let Some(seq) = ack.take() {
                     write_frames(writer, &[Frame::Ack { seq }]).await?;
                 }
+                unacked = 0;
                 tokio::select! {
                     item = reader.next() => item,
                     _ = shutdown.cancelled() => return Ok(()),
@@ -556,13 +591,31 @@ async fn inbound(
                 if validate_name(&f.topic, &TopicLimits::default()).is_err() || f.qos > 2 {
                     return Err(LinkError::Protocol("invalid forwarded message".into()));
                 }
-                if cluster.accept_seq(&peer.name, epoch, f.seq) {
+                let seq = f.seq;
+                let mut congested = None;
+                if cluster.accept_seq(&peer.name, epoch, seq) {
                     cluster.metrics.received.inc();
-                    broker.deliver_forwarded(&f);
+                    congested = broker.deliver_forwarded(Arc::unwrap_or_clone(f));
                 } else {
                     cluster.metrics.duplicates.inc();
                 }
-                ack = Some(ack.map_or(f.seq, |a: u64| a.max(f.seq)));
+                ack = Some(ack.map_or(seq, |a: u64| a.max(seq)));
+                unacked += 1;
+                // A local subscriber is behind: stop reading (as a local publisher would), so the
+                // peer's writer, and then its publishers, wait too.
+                if let Some(c) = congested {
+                    if c.wait_for_room(&waiter) {
+                        if let Some(seq) = ack.take() {
+                            write_frames(writer, &[Frame::Ack { seq }]).await?;
+                        }
+                        unacked = 0;
+                        tokio::select! {
+                            _ = waiter.notify().notified() => {}
+                            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                            _ = shutdown.cancelled() => return Ok(()),
+                        }
+                    }
+                }
             }
             Frame::Retained(f) => {
                 if validate_name(&f.topic, &TopicLimits::default()).is_ok() && f.qos <= 2 {

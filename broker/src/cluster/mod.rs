@@ -32,6 +32,7 @@ use tokio::sync::Notify;
 use crate::config::Config;
 use crate::message::Message;
 use crate::metrics::ClusterMetrics;
+use crate::session::Session;
 use proto::{Forward, Frame};
 use routes::{LocalRoutes, PeerId, RemoteRoutes};
 
@@ -151,12 +152,51 @@ pub struct Peer {
     routes_synced: AtomicBool,
     /// When the peer was last linked either way (to forget peers gone for good).
     last_seen: Mutex<Instant>,
+    /// Publishers waiting for the link to catch up.
+    waiting: Mutex<Vec<std::sync::Weak<Session>>>,
+}
+
+impl Outbox {
+    /// Messages not written to the current link yet.
+    fn unsent(&self) -> usize {
+        let written = self
+            .messages
+            .front()
+            .map_or(0, |m| (self.written + 1).saturating_sub(m.seq) as usize);
+        self.messages.len().saturating_sub(written)
+    }
 }
 
 impl Peer {
     /// The peer's node name.
     pub fn name(&self) -> &str {
         &self.name
+    }
+
+    /// Whether the link is up and behind: publishers should wait.
+    fn congested(&self) -> bool {
+        let out = self.outbox.lock();
+        out.up && out.unsent() > PEER_CONGESTED
+    }
+
+    /// Registers `publisher` to be woken (through its `notify`) when the link has caught up.
+    /// Returns false if there is nothing to wait for.
+    pub fn wait_for_room(&self, publisher: &Arc<Session>) -> bool {
+        {
+            let mut waiting = self.waiting.lock();
+            if !waiting.iter().any(|w| w.as_ptr() == Arc::as_ptr(publisher)) {
+                waiting.push(Arc::downgrade(publisher));
+            }
+        }
+        self.congested()
+    }
+
+    /// Wakes the publishers waiting for this peer.
+    pub fn wake_waiting(&self) {
+        let waiting = std::mem::take(&mut *self.waiting.lock());
+        for publisher in waiting.iter().filter_map(std::sync::Weak::upgrade) {
+            publisher.notify().notify_one();
+        }
     }
 }
 
@@ -180,6 +220,15 @@ impl Plan {
     pub fn is_empty(&self) -> bool {
         self.empty
     }
+}
+
+/// What became of a message for one peer.
+enum Enqueued {
+    Queued,
+    /// Queued, and the peer's link is behind.
+    Congested,
+    /// The outbox was full.
+    Dropped,
 }
 
 /// The cluster state shared by the broker and the link tasks. See the module documentation.
@@ -206,6 +255,12 @@ pub struct Cluster {
     queued: AtomicU64,
     tls: Option<tls::ClusterTls>,
 }
+
+/// Messages written to no link yet past which a peer whose link is up holds its publishers back
+/// (see `broker::Congestion`), and the level under which they are let go again.
+pub const PEER_CONGESTED: usize = 2048;
+/// See [`PEER_CONGESTED`].
+pub const PEER_RELIEVED: usize = 512;
 
 /// Peers not linked either way for this long, and no longer discovered, are forgotten with
 /// their routes and outbox.
@@ -271,6 +326,7 @@ impl Cluster {
             inbound: AtomicUsize::new(0),
             routes_synced: AtomicBool::new(false),
             last_seen: Mutex::new(Instant::now()),
+            waiting: Mutex::new(Vec::new()),
         });
         peers.push(peer.clone());
         peer
@@ -378,10 +434,11 @@ impl Cluster {
     }
 
     /// Queues `msg` for the peers of `plan` (every peer if it is retained, so they store it).
-    /// Returns how many peers it was queued for.
-    pub fn send(&self, msg: &Message, mut plan: Plan) -> usize {
+    /// Returns how many peers it was queued for, and a peer whose link is behind (the
+    /// publisher should wait for it).
+    pub fn send(&self, msg: &Message, mut plan: Plan) -> (usize, Option<Arc<Peer>>) {
         if plan.empty && !msg.retain {
-            return 0;
+            return (0, None);
         }
         // Groups no local member claimed: one of the peers.
         for (_, candidates, chosen) in plan.groups.iter_mut() {
@@ -392,6 +449,7 @@ impl Cluster {
         }
         let peers = self.peers.read();
         let mut sent = 0;
+        let mut congested = None;
         for peer in peers.iter() {
             let plain = plan.plain.contains(&peer.id);
             let groups: Vec<String> = plan
@@ -413,30 +471,42 @@ impl Cluster {
                 plain,
                 groups,
             };
-            if self.enqueue(peer, f) {
-                sent += 1;
+            match self.enqueue(peer, f) {
+                Enqueued::Dropped => {}
+                Enqueued::Queued => sent += 1,
+                Enqueued::Congested => {
+                    sent += 1;
+                    if congested.is_none() {
+                        congested = Some(peer.clone());
+                    }
+                }
             }
         }
-        sent
+        (sent, congested)
     }
 
-    fn enqueue(&self, peer: &Peer, mut f: Forward) -> bool {
+    fn enqueue(&self, peer: &Peer, mut f: Forward) -> Enqueued {
         let mut out = peer.outbox.lock();
         if out.messages.len() >= self.max_queue {
             drop(out);
             self.metrics.dropped_queue_full.inc();
-            return false;
+            return Enqueued::Dropped;
         }
         f.seq = out.next_seq;
         out.next_seq += 1;
         out.messages.push_back(Arc::new(f));
         self.queued.fetch_add(1, Ordering::Relaxed);
         let up = out.up;
+        let behind = up && out.unsent() > PEER_CONGESTED;
         drop(out);
         if up {
             peer.wake.notify_one();
         }
-        true
+        if behind {
+            Enqueued::Congested
+        } else {
+            Enqueued::Queued
+        }
     }
 
     /// Messages waiting for peers.
@@ -569,7 +639,7 @@ mod tests {
         for _ in 0..10 {
             let plan = c.plan(&msg.topic);
             assert!(!plan.is_empty());
-            copies += c.send(&msg, plan);
+            copies += c.send(&msg, plan).0;
         }
         let b_out: Vec<_> = b.outbox.lock().messages.iter().cloned().collect();
         let d_out: Vec<_> = d.outbox.lock().messages.iter().cloned().collect();

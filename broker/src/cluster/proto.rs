@@ -84,8 +84,9 @@ pub enum Frame {
     RouteAdd(String),
     /// Dialer → acceptor: a filter lost its last local subscriber.
     RouteDel(String),
-    /// Dialer → acceptor: a message for the acceptor's local subscribers.
-    Publish(Forward),
+    /// Dialer → acceptor: a message for the acceptor's local subscribers (shared with the
+    /// outbox, so writing it clones nothing).
+    Publish(std::sync::Arc<Forward>),
     /// Dialer → acceptor: a retained message from the dialer's store, sent when the link comes
     /// up (stored if newer, not delivered).
     Retained(Forward),
@@ -133,6 +134,18 @@ impl Frame {
     /// Encodes the frame body (the length prefix is the codec's).
     pub fn encode(&self) -> Result<Vec<u8>, FrameError> {
         Ok(postcard::to_stdvec(self)?)
+    }
+
+    /// Appends the frame to `buf` with its 4-byte big-endian length, encoding in place.
+    pub fn encode_into(&self, buf: &mut Vec<u8>) -> Result<(), FrameError> {
+        let start = buf.len();
+        buf.extend_from_slice(&[0; 4]);
+        let taken = std::mem::take(buf);
+        let mut out = postcard::to_extend(self, taken)?;
+        let len = (out.len() - start - 4) as u32;
+        out[start..start + 4].copy_from_slice(&len.to_be_bytes());
+        *buf = out;
+        Ok(())
     }
 
     /// Decodes a frame body.
@@ -225,7 +238,7 @@ mod tests {
             Frame::Routes {
                 filters: vec!["a/+".into(), "$share/g/b/#".into()],
             },
-            Frame::Publish(Forward {
+            Frame::Publish(std::sync::Arc::new(Forward {
                 seq: 9,
                 topic: "a/b".into(),
                 payload: Bytes::from_static(b"\x00\xffpayload"),
@@ -234,12 +247,22 @@ mod tests {
                 stamp: 123,
                 plain: true,
                 groups: vec!["g".into()],
-            }),
+            })),
             Frame::Ack { seq: u64::MAX },
         ];
-        for f in frames {
-            assert_eq!(Frame::decode(&f.encode().unwrap()).unwrap(), f);
+        let mut stream = Vec::new();
+        for f in &frames {
+            assert_eq!(&Frame::decode(&f.encode().unwrap()).unwrap(), f);
+            f.encode_into(&mut stream).unwrap();
         }
+        // encode_into writes length-prefixed frames back to back.
+        let mut rest = &stream[..];
+        for f in &frames {
+            let len = u32::from_be_bytes(rest[..4].try_into().unwrap()) as usize;
+            assert_eq!(&Frame::decode(&rest[4..4 + len]).unwrap(), f);
+            rest = &rest[4 + len..];
+        }
+        assert!(rest.is_empty());
     }
 
     #[test]

@@ -407,7 +407,7 @@ impl Connection {
                     if let Some(c) = &self.pressure {
                         // Woken by the subscriber (drained, went away, or its client became
                         // the slow one): wait again only if there is still reason to.
-                        if !c.session.wait_for_room(&self.session, c.sole_recipient) {
+                        if !c.wait_for_room(&self.session) {
                             self.pressure = None;
                             pressure_until = None;
                             // We did not read while waiting: that was not the client's silence.
@@ -564,7 +564,7 @@ impl Connection {
             }
             let (_, congested) = broker.publish(&Message::new(p.topic, p.payload, p.qos, p.retain));
             // Waiting for our own inbox would only wait for ourselves.
-            congested.filter(|c| c.session.id() != session.id())
+            congested.filter(|c| !c.is_session(session.id()))
         };
         let congested = match p.qos {
             QoS::AtMostOnce => route(&self.broker, p),
@@ -594,7 +594,7 @@ impl Connection {
             }
         };
         if let Some(c) = congested {
-            if self.pressure.is_none() && c.session.wait_for_room(&self.session, c.sole_recipient) {
+            if self.pressure.is_none() && c.wait_for_room(&self.session) {
                 self.pressure = Some(c);
             }
         }

@@ -30,6 +30,8 @@ const READS_PER_STEP: usize = 4;
 pub struct Settings {
     /// Broker address.
     pub addr: SocketAddr,
+    /// Where subscribers connect (another node of a cluster); `addr` if the same.
+    pub sub_addr: SocketAddr,
     /// Publish and subscribe QoS.
     pub qos: QoS,
     /// Payload bytes (at least [`HEADER_LEN`]).
@@ -95,9 +97,13 @@ pub async fn establish(
     spec: &ClientSpec,
     s: &Settings,
 ) -> Result<(TcpStream, BytesMut, Vec<Packet>)> {
-    let mut stream = TcpStream::connect(s.addr)
+    let addr = match spec.role {
+        RoleSpec::Sub { .. } => s.sub_addr,
+        _ => s.addr,
+    };
+    let mut stream = TcpStream::connect(addr)
         .await
-        .with_context(|| format!("connecting to {}", s.addr))?;
+        .with_context(|| format!("connecting to {addr}"))?;
     stream.set_nodelay(true)?;
     let mut out = BytesMut::new();
     let connect = Connect {

@@ -345,6 +345,7 @@ mod tests {
     fn settings(qos: QoS) -> Settings {
         Settings {
             addr: SocketAddr::from(([127, 0, 0, 1], 1883)),
+            sub_addr: SocketAddr::from(([127, 0, 0, 1], 1883)),
             qos,
             size: 16,
             rate: 0.0,

@@ -152,6 +152,13 @@ struct Common {
     /// Broker port.
     #[arg(long, default_value_t = 1883)]
     port: u16,
+    /// Subscribers connect to this host instead (another node of a cluster: publishers on one
+    /// node, subscribers on another). Default: --host.
+    #[arg(long)]
+    sub_host: Option<String>,
+    /// Subscribers connect to this port instead. Default: --port.
+    #[arg(long)]
+    sub_port: Option<u16>,
     /// Allow a broker that is not on a loopback address.
     #[arg(long)]
     allow_remote: bool,
@@ -346,6 +353,11 @@ fn settings(c: &Common) -> Result<Settings> {
     }
     Ok(Settings {
         addr: resolve(&c.host, c.port, c.allow_remote)?,
+        sub_addr: resolve(
+            c.sub_host.as_deref().unwrap_or(&c.host),
+            c.sub_port.unwrap_or(c.port),
+            c.allow_remote,
+        )?,
         qos: QoS::from_u8(c.qos).context("--qos")?,
         size: c.size,
         rate: c.rate,
