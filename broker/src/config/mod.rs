@@ -19,6 +19,7 @@ pub use validate::{
 
 /// The broker's configuration: the file format of `hmq.config` (JSON, camelCase keys) and the
 /// effective, validated value. Every key is optional; a missing key takes its default.
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(
     rename_all = "camelCase",
@@ -47,6 +48,7 @@ pub struct Config {
     /// Port of the MQTT-over-WebSocket listener (bound on `host`). Unset, null or "" = off.
     /// Default off.
     #[serde(deserialize_with = "port::optional_port::deserialize")]
+    #[cfg_attr(feature = "schema", schemars(with = "port::OptionalPortSchema"))]
     pub ws_port: Option<Port>,
     /// URL path of the WebSocket endpoint; must start with "/". Default "/ws".
     pub ws_path: String,
@@ -57,6 +59,7 @@ pub struct Config {
     /// Port of the MQTT-over-TLS listener (bound on `tlsHost`); requires tlsInfo.certFile and
     /// tlsInfo.keyFile. Unset, null or "" = off. Default off.
     #[serde(deserialize_with = "port::optional_port::deserialize")]
+    #[cfg_attr(feature = "schema", schemars(with = "port::OptionalPortSchema"))]
     pub tls_port: Option<Port>,
     /// Address the TLS listener binds: an IP address, or a host name. Default "0.0.0.0".
     pub tls_host: String,
@@ -72,6 +75,7 @@ pub struct Config {
     /// Port of the HTTP listener serving `/metrics` (Prometheus), `/healthz` and `/readyz`
     /// (bound on `httpHost`). null or "" = off. Default 8080.
     #[serde(deserialize_with = "port::optional_port::deserialize")]
+    #[cfg_attr(feature = "schema", schemars(with = "port::OptionalPortSchema"))]
     pub http_port: Option<Port>,
     /// Debug logging (`-d`/`-D`). Default false.
     pub debug: bool,
@@ -146,6 +150,7 @@ pub struct Config {
 }
 
 /// How log lines are written.
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum LogFormat {
@@ -157,6 +162,7 @@ pub enum LogFormat {
 }
 
 /// The inter-broker (cluster) listener.
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(
     rename_all = "camelCase",
@@ -169,6 +175,7 @@ pub struct ClusterConfig {
     pub host: String,
     /// Port of the cluster listener (`-cp`). Unset, null or "" = off. Default off.
     #[serde(deserialize_with = "port::optional_port::deserialize")]
+    #[cfg_attr(feature = "schema", schemars(with = "port::OptionalPortSchema"))]
     pub port: Option<Port>,
     /// This node's name in the cluster: stable across restarts, unique in the cluster. Default
     /// unset = the host name (the pod name under Kubernetes).
@@ -218,6 +225,7 @@ impl Default for ClusterConfig {
 }
 
 /// TLS material for the TLS listener and WSS. Holds file paths only, never their contents.
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(
     rename_all = "camelCase",
