@@ -1,6 +1,8 @@
 //! `crds/mqttclusters.hmq.io.yaml` is the output of `hmq-operator crd`; this test fails when
 //! they differ. Regenerate with `cargo run -p hmq-operator -- crd > crds/mqttclusters.hmq.io.yaml`.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 #[test]
 fn crds_directory_matches_the_generated_crd() {
     let generated = hmq_operator::render::crd_yaml().unwrap();

@@ -219,5 +219,17 @@ pub fn creates_cluster_secret(cluster: &MqttCluster) -> bool {
     cluster.spec.cluster.secret_name.is_none()
 }
 
+/// The Secrets a cluster mounts: a change to any of them reconciles the cluster.
+pub fn referenced_secrets(cluster: &MqttCluster) -> Vec<String> {
+    let mut names = vec![cluster_secret_name(cluster)];
+    if let Some(tls) = &cluster.spec.tls {
+        names.push(tls.secret_name.clone());
+    }
+    if let Some(secret) = &cluster.spec.auth.password_secret_name {
+        names.push(secret.clone());
+    }
+    names
+}
+
 #[cfg(test)]
 mod tests;
