@@ -39,7 +39,14 @@ enum Command {
 }
 
 fn main() -> anyhow::Result<()> {
-    let cli = Cli::parse();
+    let mut cli = Cli::parse();
+    if cli.command.is_none() {
+        // No command means `run`, with its defaults and environment variables.
+        let program = std::env::args()
+            .next()
+            .unwrap_or_else(|| "hmq-operator".into());
+        cli = Cli::parse_from([program, "run".to_owned()]);
+    }
     match cli.command {
         None => run(hmq_operator::controller::RunOptions::default()),
         Some(Command::Run(options)) => run(options),

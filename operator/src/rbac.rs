@@ -75,7 +75,7 @@ pub const CLUSTER_RULES: &[Rule] = &[
 pub const NAMESPACE_RULES: &[Rule] = &[Rule {
     groups: &["coordination.k8s.io"],
     resources: &["leases"],
-    verbs: &["get", "create", "patch", "update"],
+    verbs: &["get", "create", "patch"],
 }];
 
 fn policy_rules(rules: &[Rule]) -> Vec<PolicyRule> {
