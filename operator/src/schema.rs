@@ -37,6 +37,65 @@ pub const MANAGED_CLUSTER_KEYS: &[(&str, &str)] = &[
     ("secretFile", "spec.cluster.secretName"),
 ];
 
+/// Ranges of `spec.config` keys, so the API server refuses an out-of-range value at
+/// `kubectl apply` time. The broker's validation stays the authority (the operator runs it
+/// before applying anything); a test checks each range against it.
+pub const RANGES: &[(&str, i64, Option<i64>)] = &[
+    (
+        "connectTimeout",
+        1,
+        Some(hmq::config::MAX_CONNECT_TIMEOUT as i64),
+    ),
+    (
+        "maxPacketSize",
+        hmq::config::MIN_PACKET_SIZE as i64,
+        Some(hmq::config::MAX_PACKET_SIZE_LIMIT as i64),
+    ),
+    ("maxInflight", 1, Some(65_535)),
+    ("maxQueuedMessages", 1, None),
+    ("maxAwaitingRel", 1, None),
+    ("maxTopicLength", 1, Some(65_535)),
+    ("maxTopicLevels", 1, None),
+    (
+        "sessionExpiry",
+        0,
+        Some(hmq::config::MAX_SESSION_EXPIRY as i64),
+    ),
+    ("shutdownTimeout", 1, Some(3600)),
+    ("cluster.discoveryInterval", 1, Some(3600)),
+    ("cluster.syncTimeout", 0, Some(600)),
+    ("cluster.maxPeerQueue", 1, Some(10_000_000)),
+];
+
+fn add_ranges(object: &mut Map<String, Value>) {
+    for (path, min, max) in RANGES {
+        let (section, key) = match path.split_once('.') {
+            Some((section, key)) => (Some(section), key),
+            None => (None, *path),
+        };
+        let properties = match section {
+            None => object.get_mut("properties"),
+            Some(section) => object
+                .get_mut("properties")
+                .and_then(|p| p.get_mut(section))
+                .and_then(|s| s.get_mut("properties")),
+        };
+        if let Some(Value::Object(property)) = properties.and_then(|p| p.get_mut(key)) {
+            property.insert("minimum".into(), Value::from(*min));
+            match max {
+                Some(max) => property.insert("maximum".into(), Value::from(*max)),
+                None => property.remove("maximum"),
+            };
+        }
+    }
+    if let Some(Value::Object(ws_path)) = object
+        .get_mut("properties")
+        .and_then(|p| p.get_mut("wsPath"))
+    {
+        ws_path.insert("pattern".into(), Value::from(r"^/[^\s?#]*$"));
+    }
+}
+
 /// The broker settings of `spec.config`, as the JSON object the user wrote.
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
 #[serde(transparent)]
@@ -61,6 +120,7 @@ impl JsonSchema for BrokerConfig {
             {
                 remove_properties(cluster, MANAGED_CLUSTER_KEYS);
             }
+            add_ranges(object);
             object.insert(
                 "description".to_owned(),
                 Value::String(
@@ -133,5 +193,31 @@ mod tests {
         assert!(cluster.get("discoveryInterval").is_some());
         assert!(cluster.get("secretFile").is_none());
         assert!(!schema.to_string().contains("\"default\""));
+        assert_eq!(properties["maxPacketSize"]["minimum"], 16);
+        assert_eq!(cluster["syncTimeout"]["maximum"], 600);
+    }
+
+    /// Each schema range is the broker's: its bounds parse, one past them does not.
+    #[test]
+    fn ranges_agree_with_the_broker() {
+        let parse = |path: &str, value: i64| {
+            let text = match path.split_once('.') {
+                Some((section, key)) => format!(r#"{{"{section}": {{"{key}": {value}}}}}"#),
+                None => format!(r#"{{"{path}": {value}}}"#),
+            };
+            hmq::config::Config::from_json(&text, "hmq.config").is_ok()
+        };
+        for (path, min, max) in RANGES {
+            assert!(parse(path, *min), "{path} = {min} refused");
+            assert!(
+                *min == 0 || !parse(path, min - 1),
+                "{path} = {} accepted",
+                min - 1
+            );
+            if let Some(max) = max {
+                assert!(parse(path, *max), "{path} = {max} refused");
+                assert!(!parse(path, max + 1), "{path} = {} accepted", max + 1);
+            }
+        }
     }
 }

@@ -429,3 +429,12 @@ fn cluster_secret_is_random_hex() {
     assert!(creates_cluster_secret(&c));
     assert_eq!(cluster_secret_name(&c), "mqtt-cluster");
 }
+
+#[test]
+fn referenced_secrets_are_the_mounted_ones() {
+    assert_eq!(referenced_secrets(&cluster(MINIMAL)), ["mqtt-cluster"]);
+    assert_eq!(
+        referenced_secrets(&cluster(FULL)),
+        ["edge-cluster", "edge-tls", "edge-passwords"]
+    );
+}

@@ -69,6 +69,8 @@ def main(crd_path, example_paths):
         "unknown spec field": ("replica", 3),
         "unknown config key": ("config", {"maxInflite": 5}),
         "operator-managed config key": ("config", {"tlsPort": 8883}),
+        "config value out of the broker's range": ("config", {"maxPacketSize": 8}),
+        "wsPath without a leading slash": ("config", {"wsPath": "ws"}),
         "bad service type": ("listeners", {"service": {"type": "External"}}),
         "port out of range": ("listeners", {"mqtt": {"port": 70000}}),
         "bad ACL access": ("acl", {"rules": [{"permission": "allow", "type": "clientid",
