@@ -329,8 +329,15 @@ pub fn check_secrets(
             .as_ref()
             .ok_or_else(|| SecretProblem::Missing(tls.secret_name.clone()))?;
         let data = data(secret);
+        let cluster_tls = spec
+            .config
+            .0
+            .get("cluster")
+            .and_then(|c| c.get("tls"))
+            .and_then(Value::as_bool)
+            .unwrap_or(false);
         let mut needed = vec!["tls.crt", "tls.key"];
-        if tls.require_client_certificate {
+        if tls.require_client_certificate || cluster_tls {
             needed.push("ca.crt");
         }
         for key in needed {
@@ -403,5 +410,66 @@ fn hash_data(hasher: &mut Sha256, role: &str, data: &BTreeMap<String, ByteString
         hasher.update(key.as_bytes());
         hasher.update((value.0.len() as u64).to_le_bytes());
         hasher.update(&value.0);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+
+    fn secret(data: &[(&str, &str)]) -> Secret {
+        Secret {
+            metadata: ObjectMeta::default(),
+            data: Some(
+                data.iter()
+                    .map(|(k, v)| ((*k).to_owned(), ByteString(v.as_bytes().to_vec())))
+                    .collect(),
+            ),
+            ..Secret::default()
+        }
+    }
+
+    fn spec(yaml: &str) -> MqttClusterSpec {
+        serde_yaml::from_str(yaml).unwrap()
+    }
+
+    const CLUSTER_SECRET: &[(&str, &str)] = &[("secret", "0123456789abcdef")];
+
+    #[test]
+    fn secrets_must_exist_and_hold_what_the_broker_reads() {
+        let tls = spec("tls: {secretName: t}\nconfig: {cluster: {tls: true}}");
+        let mut secrets = ReferencedSecrets {
+            cluster: Some(secret(CLUSTER_SECRET)),
+            ..ReferencedSecrets::default()
+        };
+        assert_eq!(
+            check_secrets(&tls, "c", &secrets),
+            Err(SecretProblem::Missing("t".into()))
+        );
+        // Links between brokers use mutual TLS: ca.crt is required.
+        secrets.tls = Some(secret(&[("tls.crt", "c"), ("tls.key", "k")]));
+        let Err(SecretProblem::Invalid(problem)) = check_secrets(&tls, "c", &secrets) else {
+            panic!("accepted a TLS Secret without ca.crt")
+        };
+        assert!(problem.message.contains("has no ca.crt"), "{problem}");
+        secrets.tls = Some(secret(&[
+            ("tls.crt", "c"),
+            ("tls.key", "k"),
+            ("ca.crt", "a"),
+        ]));
+        let first = check_secrets(&tls, "c", &secrets).unwrap();
+        secrets.tls = Some(secret(&[
+            ("tls.crt", "c2"),
+            ("tls.key", "k"),
+            ("ca.crt", "a"),
+        ]));
+        assert_ne!(check_secrets(&tls, "c", &secrets).unwrap(), first);
+
+        secrets.cluster = Some(secret(&[("secret", "short")]));
+        assert!(matches!(
+            check_secrets(&tls, "c", &secrets),
+            Err(SecretProblem::Invalid(_))
+        ));
     }
 }
