@@ -209,8 +209,9 @@ pub async fn run(options: RunOptions) -> Result<(), RunError> {
     Ok(())
 }
 
-/// The controller loop, until `stop`: in-flight reconciles finish first.
-async fn run_controller(
+/// The controller loop, until `stop`: in-flight reconciles finish first. `identity` names this
+/// replica in Events.
+pub async fn run_controller(
     client: Client,
     metrics: Metrics,
     identity: String,
