@@ -2,11 +2,16 @@
 # Runs every test of the repository; on a fresh Debian 12 machine it first installs what the tests
 # need. This is the README's test command and what CI (.ci/run) runs.
 #
-#   1. set-up: mosquitto + mosquitto-clients (apt), paho-mqtt 2.x (pip), rustfmt + clippy, Node +
-#      chromium (apt), the interop tests' Node packages (npm ci) and iproute2 (apt, for the
-#      cluster test in network namespaces); each only if missing, so a second run is fast
+#   1. set-up: mosquitto + mosquitto-clients (apt), paho-mqtt 2.x, kubernetes-validate and
+#      jsonschema (pip), rustfmt + clippy, Node + chromium (apt), the interop tests' Node
+#      packages (npm ci) and iproute2 (apt, for the cluster test in network namespaces);
+#      each only if missing, so a second run is fast
 #   2. cargo fmt --check, cargo clippy -D warnings, cargo test (the whole workspace)
 #   3. cargo build --release --bin hmq, then the interop tests in broker/tests/interop/ against it
+#   4. the operator's offline checks: every object `hmq-operator render` makes from the fixtures,
+#      the RBAC and the CRD pass `kubernetes-validate --strict`; the example MqttClusters pass the
+#      CRD's schema (python jsonschema); the round trip (rendered ConfigMap -> real broker,
+#      checked with mosquitto_pub/sub) in operator/tests/scripts/roundtrip.sh
 #
 # Fails (non-zero) on the first failing step; a tool that cannot be installed is an error, never a
 # skipped test. Needs root (or sudo) when something has to be installed, and root for the interop
@@ -114,10 +119,10 @@ if ! python3 -m pip --version >/dev/null 2>&1; then
     echo "installing pip (apt)"
     apt_install python3-pip
 fi
-if ! have_paho2; then
-    echo "installing paho-mqtt 2.x (pip)"
-    pip_args=(install -q --disable-pip-version-check 'paho-mqtt>=2,<3')
-    # Debian's own python3 is "externally managed" (PEP 668): pip refuses unless told otherwise.
+# pip install for python3: Debian's own python3 is "externally managed" (PEP 668) and pip
+# refuses unless told otherwise; as a non-root user outside a virtualenv, install for the user.
+pip_install() {
+    local pip_args=(install -q --disable-pip-version-check "$@")
     if python3 -c 'import os, sys, sysconfig
 sys.exit(not os.path.exists(os.path.join(sysconfig.get_path("stdlib"), "EXTERNALLY-MANAGED")))'; then
         pip_args+=(--break-system-packages)
@@ -127,10 +132,31 @@ sys.exit(not os.path.exists(os.path.join(sysconfig.get_path("stdlib"), "EXTERNAL
     elif python3 -c 'import sys; sys.exit(sys.prefix != sys.base_prefix)'; then
         pip_args+=(--user) # not root and not in a virtualenv
     fi
-    python3 -m pip "${pip_args[@]}" || fail "pip install paho-mqtt failed"
+    python3 -m pip "${pip_args[@]}"
+}
+if ! have_paho2; then
+    echo "installing paho-mqtt 2.x (pip)"
+    pip_install 'paho-mqtt>=2,<3' || fail "pip install paho-mqtt failed"
 fi
 have_paho2 || fail "paho-mqtt 2.x still not importable by python3 after installation"
 python3 -c 'import paho.mqtt; print("paho-mqtt", paho.mqtt.__version__)'
+
+# The operator's manifest checks: kubernetes-validate (Kubernetes' OpenAPI schemas, offline) and
+# jsonschema + PyYAML for the MqttCluster examples.
+if ! command -v kubernetes-validate >/dev/null ||
+    ! python3 -c 'import jsonschema, yaml' 2>/dev/null; then
+    echo "installing kubernetes-validate, jsonschema and PyYAML (pip)"
+    pip_install kubernetes-validate jsonschema pyyaml || fail "pip install kubernetes-validate failed"
+    hash -r
+fi
+if ! command -v kubernetes-validate >/dev/null; then
+    # pip --user puts scripts in ~/.local/bin.
+    [[ -x ${HOME:-/root}/.local/bin/kubernetes-validate ]] && PATH="$PATH:${HOME:-/root}/.local/bin"
+fi
+kubernetes-validate --version || fail "kubernetes-validate still missing after installation"
+python3 -c 'import jsonschema; print("jsonschema", jsonschema.__version__)' ||
+    fail "jsonschema still not importable by python3 after installation"
+curl --version | head -n 1 || fail "curl not found (the operator round trip uses it)"
 
 if ! command -v node >/dev/null || ! command -v npm >/dev/null; then
     echo "installing nodejs and npm (apt)"
@@ -188,6 +214,35 @@ done_section "release build"
 section "3b. interop tests (broker/tests/interop) against $HMQ_BIN"
 broker/tests/interop/run.sh || fail "interop tests"
 done_section "interop tests"
+
+# ---------------------------------------------------------------------------------------------
+section "4a. operator: rendered objects, RBAC and CRD against Kubernetes' schemas"
+cargo build -p hmq-operator --bin hmq-operator || fail "cargo build -p hmq-operator"
+HMQ_OPERATOR_BIN="${CARGO_TARGET_DIR:-$PWD/target}/debug/hmq-operator"
+export HMQ_OPERATOR_BIN
+rendered=$(mktemp -d "${TMPDIR:-/tmp}/hmq-rendered.XXXXXX")
+for fixture in operator/tests/fixtures/*.yaml; do
+    out="$rendered/$(basename "$fixture")"
+    # The ServiceMonitor has no schema in kubernetes-validate (a warning); render it anyway.
+    "$HMQ_OPERATOR_BIN" render --service-monitor-crd -f "$fixture" >"$out" ||
+        fail "hmq-operator render -f $fixture"
+done
+"$HMQ_OPERATOR_BIN" rbac >"$rendered/rbac.yaml" || fail "hmq-operator rbac"
+"$HMQ_OPERATOR_BIN" crd | cmp -s - crds/mqttclusters.hmq.io.yaml ||
+    fail "crds/mqttclusters.hmq.io.yaml differs from hmq-operator crd"
+kubernetes-validate --strict --quiet "$rendered"/*.yaml crds/mqttclusters.hmq.io.yaml ||
+    fail "kubernetes-validate --strict"
+rm -rf "$rendered"
+done_section "operator manifests (kubernetes-validate --strict)"
+
+section "4b. operator: example MqttClusters against the CRD schema"
+python3 operator/tests/scripts/validate_examples.py crds/mqttclusters.hmq.io.yaml \
+    operator/tests/fixtures/*.yaml || fail "example MqttClusters against the CRD schema"
+done_section "operator examples (jsonschema)"
+
+section "4c. operator round trip: rendered ConfigMap -> $HMQ_BIN"
+operator/tests/scripts/roundtrip.sh || fail "operator round trip"
+done_section "operator round trip"
 
 # ---------------------------------------------------------------------------------------------
 section "summary"

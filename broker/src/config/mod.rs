@@ -20,6 +20,7 @@ pub use validate::{
 
 /// The broker's configuration: the file format of `hmq.config` (JSON, camelCase keys) and the
 /// effective, validated value. Every key is optional; a missing key takes its default.
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(
     rename_all = "camelCase",
@@ -48,6 +49,7 @@ pub struct Config {
     /// Port of the MQTT-over-WebSocket listener (bound on `host`). Unset, null or "" = off.
     /// Default off.
     #[serde(deserialize_with = "port::optional_port::deserialize")]
+    #[cfg_attr(feature = "schema", schemars(with = "port::OptionalPortSchema"))]
     pub ws_port: Option<Port>,
     /// URL path of the WebSocket endpoint; must start with "/". Default "/ws".
     pub ws_path: String,
@@ -58,6 +60,7 @@ pub struct Config {
     /// Port of the MQTT-over-TLS listener (bound on `tlsHost`); requires tlsInfo.certFile and
     /// tlsInfo.keyFile. Unset, null or "" = off. Default off.
     #[serde(deserialize_with = "port::optional_port::deserialize")]
+    #[cfg_attr(feature = "schema", schemars(with = "port::OptionalPortSchema"))]
     pub tls_port: Option<Port>,
     /// Address the TLS listener binds: an IP address, or a host name. Default "0.0.0.0".
     pub tls_host: String,
@@ -73,6 +76,7 @@ pub struct Config {
     /// Port of the HTTP listener serving `/metrics` (Prometheus), `/healthz` and `/readyz`
     /// (bound on `httpHost`). null or "" = off. Default 8080.
     #[serde(deserialize_with = "port::optional_port::deserialize")]
+    #[cfg_attr(feature = "schema", schemars(with = "port::OptionalPortSchema"))]
     pub http_port: Option<Port>,
     /// Debug logging (`-d`/`-D`). Default false.
     pub debug: bool,
@@ -147,6 +151,7 @@ pub struct Config {
 }
 
 /// How log lines are written.
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum LogFormat {
@@ -158,6 +163,7 @@ pub enum LogFormat {
 }
 
 /// The inter-broker (cluster) listener.
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(
     rename_all = "camelCase",
@@ -170,6 +176,7 @@ pub struct ClusterConfig {
     pub host: String,
     /// Port of the cluster listener (`-cp`). Unset, null or "" = off. Default off.
     #[serde(deserialize_with = "port::optional_port::deserialize")]
+    #[cfg_attr(feature = "schema", schemars(with = "port::OptionalPortSchema"))]
     pub port: Option<Port>,
     /// This node's name in the cluster: stable across restarts, unique in the cluster. Default
     /// unset = the host name (the pod name under Kubernetes).
@@ -219,6 +226,7 @@ impl Default for ClusterConfig {
 }
 
 /// TLS material for the TLS listener and WSS. Holds file paths only, never their contents.
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(
     rename_all = "camelCase",

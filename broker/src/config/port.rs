@@ -159,6 +159,58 @@ pub(crate) mod optional_port {
     }
 }
 
+/// JSON Schema of a port: an integer from 0 to 65535, or the same as a decimal string.
+#[cfg(feature = "schema")]
+impl schemars::JsonSchema for Port {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "Port".into()
+    }
+
+    fn inline_schema() -> bool {
+        true
+    }
+
+    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        port_schema(false)
+    }
+}
+
+/// JSON Schema of an optional port key (`tlsPort`, `wsPort`, `httpPort`, `cluster.port`): a
+/// port, or `null` or `""` for off. Only used through `#[schemars(with)]`.
+#[cfg(feature = "schema")]
+pub(crate) struct OptionalPortSchema;
+
+#[cfg(feature = "schema")]
+impl schemars::JsonSchema for OptionalPortSchema {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "OptionalPort".into()
+    }
+
+    fn inline_schema() -> bool {
+        true
+    }
+
+    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        port_schema(true)
+    }
+}
+
+#[cfg(feature = "schema")]
+fn port_schema(optional: bool) -> schemars::Schema {
+    // "^[0-9]+$" as the parser: digits only, no sign or spaces; "" means off for optional keys.
+    let digits = if optional { "^[0-9]*$" } else { "^[0-9]+$" };
+    let mut any_of = vec![
+        serde_json::json!({ "type": "integer", "minimum": 0, "maximum": 65535 }),
+        serde_json::json!({ "type": "string", "pattern": digits, "maxLength": 5 }),
+    ];
+    if optional {
+        any_of.push(serde_json::json!({ "type": "null" }));
+    }
+    let mut schema = serde_json::Map::new();
+    schema.insert("anyOf".to_owned(), serde_json::Value::Array(any_of));
+    schema.into()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -240,5 +292,16 @@ mod tests {
             err.to_string().contains("must be between 0 and 65535"),
             "{err}"
         );
+    }
+
+    #[cfg(feature = "schema")]
+    #[test]
+    fn schema_accepts_numbers_and_digit_strings() {
+        let port = serde_json::to_value(schemars::schema_for!(Port)).unwrap();
+        let text = port.to_string();
+        assert!(text.contains(r#""maximum":65535"#), "{text}");
+        assert!(text.contains(r#""pattern":"^[0-9]+$""#), "{text}");
+        let optional = serde_json::to_value(schemars::schema_for!(OptionalPortSchema)).unwrap();
+        assert!(optional.to_string().contains(r#""type":"null""#));
     }
 }
