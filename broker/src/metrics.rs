@@ -95,7 +95,7 @@ pub struct ClusterMetrics {
     pub routes: IntGauge,
     /// Messages waiting for a peer (unsent or not yet acknowledged).
     pub queued: IntGauge,
-    /// Messages sent to peers (each copy counted).
+    /// Messages peers acknowledged (one per copy; a resend is not counted twice).
     pub forwarded: IntCounter,
     /// Messages received from peers and delivered here.
     pub received: IntCounter,
@@ -349,7 +349,7 @@ impl Metrics {
                 ),
                 forwarded: counter(
                     "cluster_forwarded_total",
-                    "Messages sent to peers (one per copy).",
+                    "Messages forwarded to peers and acknowledged by them (one per copy).",
                 ),
                 received: counter("cluster_received_total", "Messages received from peers."),
                 duplicates: counter(

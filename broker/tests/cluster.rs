@@ -145,7 +145,11 @@ async fn cross_node_delivery_at_each_qos_once() {
         metric(&n1, "hmq_publish_dropped_total", "no_subscriber"),
         0.0
     );
-    assert_eq!(metric(&n1, "hmq_cluster_forwarded_total", ""), 6.0);
+    // Counted when the peer acknowledges.
+    wait_until("6 acknowledged forwards", || {
+        metric(&n1, "hmq_cluster_forwarded_total", "") == 6.0
+    })
+    .await;
     assert_eq!(metric(&n2, "hmq_cluster_received_total", ""), 3.0);
     assert_eq!(metric(&n3, "hmq_cluster_received_total", ""), 3.0);
     // Messages received from a peer are never forwarded again.
@@ -184,7 +188,10 @@ async fn many_subscribers_are_one_route_and_unsubscribe_withdraws_it() {
     for c in &mut subs {
         assert_eq!(recv_n(c, 1).await[0].topic, "a/b/c");
     }
-    assert_eq!(metric(&n1, "hmq_cluster_forwarded_total", ""), 1.0);
+    wait_until("1 acknowledged forward", || {
+        metric(&n1, "hmq_cluster_forwarded_total", "") == 1.0
+    })
+    .await;
     // Non-matching topics are not forwarded.
     p.publish("a/b/d", b"m", 1, false).await;
     p.publish("x", b"m", 0, false).await;
@@ -435,37 +442,113 @@ async fn a_stopped_node_restarts_and_delivery_resumes() {
 }
 
 /// A TCP relay the test can cut: while `up` is false it refuses new connections and closes
-/// the ones it carries.
+/// the ones it carries; while `silent` is true it keeps them open but passes nothing (a network
+/// that drops every packet).
 async fn relay(target: SocketAddr, up: Arc<AtomicBool>) -> SocketAddr {
+    relay_with(target, up, Arc::new(AtomicBool::new(false))).await
+}
+
+async fn relay_with(
+    target: SocketAddr,
+    up: Arc<AtomicBool>,
+    silent: Arc<AtomicBool>,
+) -> SocketAddr {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move {
         loop {
-            let Ok((mut inbound, _)) = listener.accept().await else {
+            let Ok((inbound, _)) = listener.accept().await else {
                 return;
             };
             if !up.load(Ordering::SeqCst) {
                 continue;
             }
-            let up = up.clone();
+            let (up, silent) = (up.clone(), silent.clone());
             tokio::spawn(async move {
-                let Ok(mut outbound) = TcpStream::connect(target).await else {
+                let Ok(outbound) = TcpStream::connect(target).await else {
                     return;
                 };
-                let copy = tokio::io::copy_bidirectional(&mut inbound, &mut outbound);
-                let cut = async {
-                    while up.load(Ordering::SeqCst) {
-                        tokio::time::sleep(Duration::from_millis(10)).await;
+                let (ir, iw) = inbound.into_split();
+                let (or, ow) = outbound.into_split();
+                let pump = |silent: Arc<AtomicBool>| {
+                    move |mut r: tokio::net::tcp::OwnedReadHalf,
+                          mut w: tokio::net::tcp::OwnedWriteHalf| async move {
+                        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+                        let mut buf = vec![0u8; 65536];
+                        loop {
+                            let n = match r.read(&mut buf).await {
+                                Ok(0) | Err(_) => return,
+                                Ok(n) => n,
+                            };
+                            if silent.load(Ordering::SeqCst) {
+                                continue; // swallowed
+                            }
+                            if w.write_all(&buf[..n]).await.is_err() {
+                                return;
+                            }
+                        }
                     }
                 };
-                tokio::select! {
-                    _ = copy => {}
-                    _ = cut => {}
+                let a = tokio::spawn(pump(silent.clone())(ir, ow));
+                let b = tokio::spawn(pump(silent)(or, iw));
+                while up.load(Ordering::SeqCst) && !a.is_finished() && !b.is_finished() {
+                    tokio::time::sleep(Duration::from_millis(10)).await;
                 }
+                // Aborting the pumps drops (closes) both connections.
+                a.abort();
+                b.abort();
             });
         }
     });
     addr
+}
+
+#[tokio::test]
+async fn a_silent_link_is_noticed_by_the_heartbeat() {
+    let port = free_port();
+    let up = Arc::new(AtomicBool::new(true));
+    let silent = Arc::new(AtomicBool::new(false));
+    let relay_addr = relay_with(
+        format!("{}:{port}", ip(2)).parse().unwrap(),
+        up.clone(),
+        silent.clone(),
+    )
+    .await;
+    let n1 = node(1, port, vec![relay_addr.to_string()]).await;
+    let n2 = node(2, port, vec![format!("{}:{port}", ip(1))]).await;
+    wait_mesh(&[&n1, &n2]).await;
+    let (mut sub, _) = Client::connect(n2.addr, &Opts::id("sub").persistent()).await;
+    sub.subscribe(&[("h/#", 1)]).await;
+    wait_routes(&n1, 1.0).await;
+
+    // The relay swallows everything but keeps both connections open: only the heartbeat can
+    // tell, within a few seconds.
+    silent.store(true, Ordering::SeqCst);
+    let cut = tokio::time::Instant::now();
+    wait_until("n1 notices the silent link", || {
+        metric(&n1, "hmq_cluster_peers", "state=\"linked\"") == 0.0
+    })
+    .await;
+    assert!(
+        cut.elapsed() < Duration::from_secs(9),
+        "noticed after {:?}",
+        cut.elapsed()
+    );
+    let mut p = Client::new(n1.addr, "p").await;
+    for i in 1..=5 {
+        p.publish(&format!("h/{i}"), format!("{i}").as_bytes(), 1, false)
+            .await;
+    }
+    // The network comes back: node 1 dials again and delivers what waited, once.
+    silent.store(false, Ordering::SeqCst);
+    let got = recv_n(&mut sub, 5).await;
+    let payloads: Vec<String> = got
+        .iter()
+        .map(|m| String::from_utf8(m.payload.to_vec()).unwrap())
+        .collect();
+    assert_eq!(payloads, ["1", "2", "3", "4", "5"]);
+    n1.stop().await;
+    n2.stop().await;
 }
 
 #[tokio::test]

@@ -33,6 +33,10 @@ const MIN_BACKOFF: Duration = Duration::from_millis(200);
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
 /// Most messages written in one batch.
 const BATCH: usize = 256;
+/// How often the dialling side sends `Ping` on a link.
+const HEARTBEAT: Duration = Duration::from_secs(1);
+/// A link on which nothing arrives for this long, or whose writes block this long, is closed.
+const LINK_TIMEOUT: Duration = Duration::from_secs(5);
 /// Messages written to a link and not yet acknowledged, at most.
 const WINDOW: usize = 1024;
 /// The receiver acknowledges at least every this many messages.
@@ -67,6 +71,9 @@ pub enum LinkError {
     /// The TLS handshake failed (no certificate, or one the cluster CA did not sign).
     #[error("TLS: {0}")]
     Tls(io::Error),
+    /// Nothing arrived, or a write could not complete, for `LINK_TIMEOUT`.
+    #[error("no answer for {} s", LINK_TIMEOUT.as_secs())]
+    Silent,
 }
 
 type Reader = FramedRead<Box<dyn AsyncRead + Send + Unpin>, LengthDelimitedCodec>;
@@ -119,7 +126,11 @@ async fn write_frames<W: AsyncWrite + Unpin>(w: &mut W, frames: &[Frame]) -> Res
         f.encode_into(&mut buf)
             .map_err(|e| LinkError::Protocol(e.to_string()))?;
     }
-    w.write_all(&buf).await?;
+    // A peer that stops reading (or a network gone silent) fills the socket buffer: give up on
+    // the link rather than wait for TCP's retransmissions.
+    tokio::time::timeout(LINK_TIMEOUT, w.write_all(&buf))
+        .await
+        .map_err(|_| LinkError::Silent)??;
     Ok(())
 }
 
@@ -233,6 +244,7 @@ async fn run_outbound(
             acked += 1;
         }
         cluster.queued.fetch_sub(acked, Ordering::Relaxed);
+        cluster.metrics.forwarded.inc_by(acked);
         out.written = link.last_seq;
         local.filters()
     };
@@ -258,7 +270,14 @@ async fn run_outbound(
         write_frames(&mut link.writer, &frames).await?;
     }
     let mut frames = Vec::new();
+    let mut heartbeat = tokio::time::interval(HEARTBEAT);
+    heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut last_heard = Instant::now();
     loop {
+        // Under a steady stream the select below may not run for a while: check here too.
+        if last_heard.elapsed() >= LINK_TIMEOUT + HEARTBEAT {
+            return Err(LinkError::Silent);
+        }
         let relieved = {
             let mut out = peer.outbox.lock();
             frames.extend(out.control.drain(..));
@@ -290,19 +309,21 @@ async fn run_outbound(
             peer.wake_waiting();
         }
         if !frames.is_empty() {
-            let forwarded = frames
-                .iter()
-                .filter(|f| matches!(f, Frame::Publish(_)))
-                .count();
             write_frames(&mut link.writer, &frames).await?;
-            cluster.metrics.forwarded.inc_by(forwarded as u64);
             frames.clear();
             continue;
         }
         tokio::select! {
             _ = peer.wake.notified() => {}
+            _ = heartbeat.tick() => {
+                if last_heard.elapsed() >= LINK_TIMEOUT {
+                    return Err(LinkError::Silent);
+                }
+                frames.push(Frame::Ping);
+            }
             item = link.reader.next() => match decode(item)? {
                 Frame::Ack { seq } => {
+                    last_heard = Instant::now();
                     let mut out = peer.outbox.lock();
                     let mut acked = 0;
                     while out.messages.front().is_some_and(|m| m.seq <= seq) {
@@ -310,7 +331,9 @@ async fn run_outbound(
                         acked += 1;
                     }
                     cluster.queued.fetch_sub(acked, Ordering::Relaxed);
+                    cluster.metrics.forwarded.inc_by(acked);
                 }
+                Frame::Pong => last_heard = Instant::now(),
                 Frame::Refused { reason } => return Err(LinkError::Protocol(reason)),
                 f => return Err(LinkError::Protocol(format!("unexpected {}", f.kind()))),
             },
@@ -513,10 +536,14 @@ async fn accept(
     let proof = proto::proof(secret, Side::Acceptor, &theirs, &mine, &name, &cluster.name);
     write_frames(&mut writer, &[Frame::Welcome { proof, last_seq }]).await?;
     peer.inbound.fetch_add(1, Ordering::AcqRel);
+    let generation = peer.inbound_gen.fetch_add(1, Ordering::AcqRel) + 1;
     *peer.last_seen.lock() = Instant::now();
     let result = inbound(cluster, broker, &peer, epoch, reader, &mut writer, shutdown).await;
     peer.inbound.fetch_sub(1, Ordering::AcqRel);
-    peer.routes_synced.store(false, Ordering::Release);
+    // Only the newest link from the peer speaks for its routes (an older one may end later).
+    if peer.inbound_gen.load(Ordering::Acquire) == generation {
+        peer.routes_synced.store(false, Ordering::Release);
+    }
     *peer.last_seen.lock() = Instant::now();
     if let Err(e) = &result {
         info!(peer = %peer.name, reason = %e, "cluster link from peer down");
@@ -566,6 +593,8 @@ async fn inbound(
                 unacked = 0;
                 tokio::select! {
                     item = reader.next() => item,
+                    // The dialler pings every second: silence means the link is dead.
+                    _ = tokio::time::sleep(LINK_TIMEOUT) => return Err(LinkError::Silent),
                     _ = shutdown.cancelled() => return Ok(()),
                 }
             }
@@ -623,6 +652,14 @@ async fn inbound(
                 }
             }
             Frame::Evict { client_id } => broker.evict_local(&client_id),
+            Frame::Ping => {
+                if let Some(seq) = ack.take() {
+                    write_frames(writer, &[Frame::Ack { seq }, Frame::Pong]).await?;
+                    unacked = 0;
+                } else {
+                    write_frames(writer, &[Frame::Pong]).await?;
+                }
+            }
             f => return Err(LinkError::Protocol(format!("unexpected {}", f.kind()))),
         }
         ready = reader.next().now_or_never();

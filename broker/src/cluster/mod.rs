@@ -150,6 +150,8 @@ pub struct Peer {
     inbound: AtomicUsize,
     /// The peer's route table arrived on the current inbound link.
     routes_synced: AtomicBool,
+    /// Counts inbound links from the peer; the newest one's number.
+    inbound_gen: AtomicU64,
     /// When the peer was last linked either way (to forget peers gone for good).
     last_seen: Mutex<Instant>,
     /// Publishers waiting for the link to catch up.
@@ -325,6 +327,7 @@ impl Cluster {
             linked: AtomicBool::new(false),
             inbound: AtomicUsize::new(0),
             routes_synced: AtomicBool::new(false),
+            inbound_gen: AtomicU64::new(0),
             last_seen: Mutex::new(Instant::now()),
             waiting: Mutex::new(Vec::new()),
         });

@@ -101,6 +101,12 @@ pub enum Frame {
         /// Sequence number.
         seq: u64,
     },
+    /// Dialer → acceptor, every second: the link is alive (answered with `Pong`). A link on
+    /// which nothing arrives for 5 s is closed by either side, so a dead network is noticed
+    /// without waiting for TCP's retransmission timeout.
+    Ping,
+    /// Acceptor → dialer: the answer to `Ping`.
+    Pong,
 }
 
 /// A message crossing a link.
@@ -168,6 +174,8 @@ impl Frame {
             Frame::Retained(_) => "Retained",
             Frame::Evict { .. } => "Evict",
             Frame::Ack { .. } => "Ack",
+            Frame::Ping => "Ping",
+            Frame::Pong => "Pong",
         }
     }
 }
@@ -249,6 +257,8 @@ mod tests {
                 groups: vec!["g".into()],
             })),
             Frame::Ack { seq: u64::MAX },
+            Frame::Ping,
+            Frame::Pong,
         ];
         let mut stream = Vec::new();
         for f in &frames {
