@@ -44,6 +44,15 @@ pub struct RunOptions {
     /// Namespace of the leader Lease. Default: the operator's own namespace.
     #[arg(long, env = "HMQ_OPERATOR_NAMESPACE")]
     pub lease_namespace: Option<String>,
+    /// Seconds the leader Lease is valid without renewal: how long a standby waits before it
+    /// takes over from a leader that vanished. The leader renews when a third is left.
+    #[arg(
+        long,
+        env = "HMQ_OPERATOR_LEASE_DURATION",
+        default_value_t = leader::LEASE_SECONDS,
+        value_parser = clap::value_parser!(u64).range(leader::MIN_LEASE_SECONDS..=3600)
+    )]
+    pub lease_duration: u64,
     /// This replica's identity in the Lease and in Events. Default: the host (pod) name.
     #[arg(long, env = "POD_NAME")]
     pub identity: Option<String>,
@@ -63,6 +72,7 @@ impl Default for RunOptions {
             http_addr: SocketAddr::from(([0, 0, 0, 0], 8080)),
             leader_election: true,
             lease_namespace: None,
+            lease_duration: leader::LEASE_SECONDS,
             identity: None,
             log_format: LogFormat::Json,
         }
@@ -138,26 +148,40 @@ fn stop_on_signals(stop: CancellationToken) {
     });
 }
 
-/// Runs the operator until SIGTERM/Ctrl-C (or the loss of the leader lease).
+/// Runs the operator until SIGTERM/Ctrl-C (or the loss of the leader lease), with the client
+/// from the environment (in-cluster or kubeconfig).
 pub async fn run(options: RunOptions) -> Result<(), RunError> {
     let stop = CancellationToken::new();
     stop_on_signals(stop.clone());
-    let identity = options.identity.clone().unwrap_or_else(host_name);
     let client = Client::try_default().await?;
-
-    let health = Arc::new(Health::default());
-    let metrics = Metrics::new();
     let listener = TcpListener::bind(options.http_addr)
         .await
         .map_err(|source| RunError::Listen {
             addr: options.http_addr,
             source,
         })?;
+    run_with(options, client, listener, stop).await
+}
+
+/// Runs the operator on `client`, serving HTTP on `listener`, until `stop` (or the loss of the
+/// leader lease). `options.http_addr` is not used: `listener` is already bound.
+pub async fn run_with(
+    options: RunOptions,
+    client: Client,
+    listener: TcpListener,
+    stop: CancellationToken,
+) -> Result<(), RunError> {
+    let identity = options.identity.clone().unwrap_or_else(host_name);
+    let health = Arc::new(Health::default());
+    let metrics = Metrics::new();
     let http_state = http::State {
         health: health.clone(),
         metrics: metrics.clone(),
     };
-    let http_task = tokio::spawn(http::serve(listener, http_state, stop.clone()));
+    // The endpoint stops with the operator, whichever way `run_with` returns.
+    let http_stop = stop.child_token();
+    let _stop_http = http_stop.clone().drop_guard();
+    let http_task = tokio::spawn(http::serve(listener, http_state, http_stop.clone()));
 
     let version = client.apiserver_version().await?;
     info!(version = %version.git_version, %identity, "connected to the API server");
@@ -169,10 +193,13 @@ pub async fn run(options: RunOptions) -> Result<(), RunError> {
             .lease_namespace
             .clone()
             .unwrap_or_else(own_namespace);
-        match leader::acquire(client.clone(), &namespace, &identity, &stop).await? {
+        let timing = leader::Timing::new(options.lease_duration);
+        match leader::acquire(client.clone(), &namespace, &identity, timing, &stop).await? {
             Some(lease) => leadership = Some(lease),
             None => {
-                http_task.abort();
+                http_stop.cancel();
+                let _ = http_task.await;
+                info!("stopped");
                 return Ok(());
             }
         }
@@ -203,7 +230,7 @@ pub async fn run(options: RunOptions) -> Result<(), RunError> {
         }
         lease.release().await;
     }
-    stop.cancel();
+    http_stop.cancel();
     let _ = http_task.await;
     info!("stopped");
     Ok(())
