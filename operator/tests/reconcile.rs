@@ -418,3 +418,74 @@ async fn transient_errors_retry_with_backoff_and_mark_the_cluster_degraded() {
         "{metrics}"
     );
 }
+
+#[tokio::test]
+async fn a_service_monitor_without_its_crd_is_reported_in_the_status() {
+    let (client, fake) = fake_api();
+    let c = cluster("full.yaml");
+    assert!(c.spec.metrics.service_monitor);
+    secret(&fake, "edge-passwords", &[("passwordFile", ALICE)]);
+    secret(
+        &fake,
+        "edge-tls",
+        &[("tls.crt", "c"), ("tls.key", "k"), ("ca.crt", "a")],
+    );
+    let monitor = "/apis/monitoring.coreos.com/v1/namespaces/iot/servicemonitors/edge";
+
+    // No CRD: the brokers run, Degraded says why there is no ServiceMonitor, and an Event too.
+    reconcile(Arc::new(c.clone()), context(client.clone()))
+        .await
+        .unwrap();
+    {
+        let f = fake.lock().unwrap();
+        assert_eq!(f.object(monitor), Value::Null);
+        let status = cluster_status(&f, "iot", "edge");
+        assert_eq!(status["phase"], "Running", "{status}");
+        assert_eq!(condition(&status, "Ready")["status"], "True");
+        let degraded = condition(&status, "Degraded");
+        assert_eq!(degraded["status"], "True", "{status}");
+        assert_eq!(degraded["reason"], "ServiceMonitorUnavailable");
+        assert!(
+            degraded["message"]
+                .as_str()
+                .unwrap()
+                .contains("monitoring.coreos.com/v1"),
+            "{degraded}"
+        );
+        let events = f.calls("POST", "/events");
+        assert!(
+            events
+                .iter()
+                .any(|e| e.body["reason"] == "ServiceMonitorUnavailable"
+                    && e.body["type"] == "Warning"),
+            "{events:?}"
+        );
+    }
+
+    // Brokers that are not ready are the bigger problem: Degraded reports them first.
+    fake.lock().unwrap().ready = Some(1);
+    let next = refreshed(&c, &fake.lock().unwrap());
+    reconcile(Arc::new(next), context(client.clone()))
+        .await
+        .unwrap();
+    {
+        let f = fake.lock().unwrap();
+        let degraded = condition(&cluster_status(&f, "iot", "edge"), "Degraded");
+        assert_eq!(degraded["status"], "True");
+        assert_eq!(degraded["reason"], "BrokersNotReady", "{degraded}");
+    }
+
+    // The CRD installed (seen by a new discovery): the ServiceMonitor exists, Degraded clears.
+    {
+        let mut f = fake.lock().unwrap();
+        f.ready = None;
+        f.service_monitor_crd = true;
+    }
+    let next = refreshed(&c, &fake.lock().unwrap());
+    reconcile(Arc::new(next), context(client)).await.unwrap();
+    let f = fake.lock().unwrap();
+    assert_eq!(f.object(monitor)["kind"], "ServiceMonitor");
+    let degraded = condition(&cluster_status(&f, "iot", "edge"), "Degraded");
+    assert_eq!(degraded["status"], "False", "{degraded}");
+    assert_eq!(degraded["reason"], "AsExpected");
+}

@@ -249,9 +249,7 @@ async fn reconcile_inner(
             cluster,
             EventType::Warning,
             "ServiceMonitorUnavailable",
-            "spec.metrics.serviceMonitor is true but the ServiceMonitor CRD \
-             (monitoring.coreos.com/v1) is not installed"
-                .into(),
+            status::SERVICE_MONITOR_UNAVAILABLE.into(),
         )
         .await;
     }
@@ -289,13 +287,17 @@ async fn reconcile_inner(
         .await;
     }
     let endpoint = status::endpoint(cluster, Some(&applied.client_service));
-    let status = status::applied(
+    let now = now();
+    let mut status = status::applied(
         cluster,
         &rendered,
         Rollout::of(&applied.stateful_set),
         endpoint,
-        &now(),
+        &now,
     );
+    if cluster.spec.metrics.service_monitor && !service_monitor_crd {
+        status::service_monitor_unavailable(cluster, &mut status, &now);
+    }
     write_status(client, cluster, status).await?;
     info!(cluster = %name, %namespace, config_hash = %rendered.config_hash, "reconciled");
     Ok((Action::requeue(RESYNC), "ok"))

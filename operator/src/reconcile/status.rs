@@ -216,6 +216,32 @@ pub fn applied(
     status
 }
 
+/// Why a requested ServiceMonitor does not exist.
+pub const SERVICE_MONITOR_UNAVAILABLE: &str = "spec.metrics.serviceMonitor is true but the \
+     ServiceMonitor CRD (monitoring.coreos.com/v1) is not installed";
+
+/// Records in `status` that the ServiceMonitor the spec asks for cannot be created (its CRD is
+/// not installed): `Degraded=True`, reason `ServiceMonitorUnavailable`, unless the brokers
+/// themselves are degraded, which is reported first. The phase follows the brokers only.
+pub fn service_monitor_unavailable(
+    cluster: &MqttCluster,
+    status: &mut MqttClusterStatus,
+    now: &Time,
+) {
+    let brokers_degraded = condition(status, types::DEGRADED).is_some_and(|c| c.status == "True");
+    if !brokers_degraded {
+        set_condition(
+            &mut status.conditions,
+            types::DEGRADED,
+            true,
+            "ServiceMonitorUnavailable",
+            SERVICE_MONITOR_UNAVAILABLE,
+            cluster.metadata.generation,
+            now,
+        );
+    }
+}
+
 /// The status of an invalid spec: `ConfigValid=False` with the parser's message; what runs
 /// (replicas, config hash, the other conditions) is left as it was.
 pub fn invalid(cluster: &MqttCluster, problem: &InvalidSpec, now: &Time) -> MqttClusterStatus {
