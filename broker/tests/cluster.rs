@@ -666,6 +666,32 @@ async fn peers_found_through_dns_and_raw_garbage_is_refused() {
         ) > before
     })
     .await;
+    // Before authentication a frame may be 4 KiB at most: announcing 1 MiB closes the
+    // connection at once, before anything is buffered.
+    let before = metric(
+        &n1,
+        "hmq_cluster_links_refused_total",
+        "reason=\"handshake\"",
+    );
+    let mut big = TcpStream::connect(format!("{}:{port}", ip(1)))
+        .await
+        .unwrap();
+    tokio::io::AsyncWriteExt::write_all(&mut big, &[0, 0x10, 0, 0, 1, 2, 3])
+        .await
+        .unwrap();
+    let mut buf = [0u8; 16];
+    let n = tokio::time::timeout(WAIT, tokio::io::AsyncReadExt::read(&mut big, &mut buf))
+        .await
+        .expect("the node closes a connection announcing a 1 MiB handshake frame");
+    assert!(matches!(n, Ok(0) | Err(_)), "{n:?}");
+    wait_until("the oversized frame is counted", || {
+        metric(
+            &n1,
+            "hmq_cluster_links_refused_total",
+            "reason=\"handshake\"",
+        ) > before
+    })
+    .await;
     p.publish("d", b"still", 0, false).await;
     assert_eq!(recv_n(&mut s, 1).await[0].payload, &b"still"[..]);
     n1.stop().await;

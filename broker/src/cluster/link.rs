@@ -109,13 +109,19 @@ async fn halves(
             (Box::new(r), Box::new(w))
         }
     };
-    Ok((FramedRead::new(r, codec(cluster)), w))
+    Ok((FramedRead::new(r, codec()), w))
 }
 
-fn codec(cluster: &Cluster) -> LengthDelimitedCodec {
+/// Handshake frames are small: until a peer has proved it knows the secret, a frame may not be
+/// larger than this, so an unauthenticated connection cannot make the node buffer much.
+const HANDSHAKE_FRAME: usize = 4096;
+/// Inbound connections in their handshake at once; more are closed at once (and counted).
+const MAX_HANDSHAKES: usize = 64;
+
+fn codec() -> LengthDelimitedCodec {
     LengthDelimitedCodec::builder()
         .length_field_length(4)
-        .max_frame_length(cluster.max_frame)
+        .max_frame_length(HANDSHAKE_FRAME)
         .new_codec()
 }
 
@@ -145,7 +151,13 @@ fn decode(item: Option<Result<BytesMut, io::Error>>) -> Result<Frame, LinkError>
 async fn read_frame(r: &mut Reader) -> Result<Frame, LinkError> {
     match tokio::time::timeout(HANDSHAKE_TIMEOUT, r.next()).await {
         Err(_) => Err(LinkError::Timeout),
-        Ok(item) => match decode(item)? {
+        // A frame over the handshake limit is a malformed handshake, not a network error.
+        Ok(item) => match decode(item).map_err(|e| match e {
+            LinkError::Io(e) if e.kind() == io::ErrorKind::InvalidData => {
+                LinkError::Protocol(e.to_string())
+            }
+            other => other,
+        })? {
             Frame::Refused { reason } => Err(LinkError::Auth(format!("refused: {reason}"))),
             f => Ok(f),
         },
@@ -208,6 +220,7 @@ async fn dial(cluster: &Cluster, addr: SocketAddr) -> Result<Dialled, LinkError>
                     "{peer} does not know the cluster secret"
                 )));
             }
+            reader.decoder_mut().set_max_frame_length(cluster.max_frame);
             Ok(Dialled {
                 reader,
                 writer,
@@ -429,6 +442,7 @@ pub async fn serve(
     listener: TcpListener,
     shutdown: CancellationToken,
 ) {
+    let handshakes = Arc::new(tokio::sync::Semaphore::new(MAX_HANDSHAKES));
     loop {
         let (stream, addr) = tokio::select! {
             r = listener.accept() => match r {
@@ -441,9 +455,19 @@ pub async fn serve(
             },
             _ = shutdown.cancelled() => return,
         };
+        let Ok(permit) = handshakes.clone().try_acquire_owned() else {
+            drop(stream);
+            cluster
+                .metrics
+                .links_refused
+                .with_label_values(&["handshake"])
+                .inc();
+            debug!(peer_addr = %addr, "too many cluster handshakes at once: connection closed");
+            continue;
+        };
         let (cluster, broker, shutdown) = (cluster.clone(), broker.clone(), shutdown.clone());
         tokio::spawn(async move {
-            match accept(&cluster, &broker, stream, &shutdown).await {
+            match accept(&cluster, &broker, stream, permit, &shutdown).await {
                 Ok(()) | Err(LinkError::Closed) => {}
                 Err(e) => {
                     let reason = match e {
@@ -472,6 +496,7 @@ async fn accept(
     cluster: &Cluster,
     broker: &Broker,
     stream: TcpStream,
+    handshake: tokio::sync::OwnedSemaphorePermit,
     shutdown: &CancellationToken,
 ) -> Result<(), LinkError> {
     let (mut reader, mut writer) = halves(cluster, stream, None).await?;
@@ -535,6 +560,8 @@ async fn accept(
     let last_seq = cluster.last_seq(&name, epoch);
     let proof = proto::proof(secret, Side::Acceptor, &theirs, &mine, &name, &cluster.name);
     write_frames(&mut writer, &[Frame::Welcome { proof, last_seq }]).await?;
+    drop(handshake);
+    reader.decoder_mut().set_max_frame_length(cluster.max_frame);
     peer.inbound.fetch_add(1, Ordering::AcqRel);
     let generation = peer.inbound_gen.fetch_add(1, Ordering::AcqRel) + 1;
     *peer.last_seen.lock() = Instant::now();
