@@ -96,6 +96,17 @@ async fn wait_mesh(nodes: &[&TestBroker]) {
     }
 }
 
+/// Three nodes on 127.0.0.1-3 sharing a free port, fully linked. Returns the port too (a node
+/// restarted later uses it).
+async fn three_nodes() -> (u16, TestBroker, TestBroker, TestBroker) {
+    let port = free_port();
+    let n1 = node(1, port, all_peers(port, 3)).await;
+    let n2 = node(2, port, all_peers(port, 3)).await;
+    let n3 = node(3, port, all_peers(port, 3)).await;
+    wait_mesh(&[&n1, &n2, &n3]).await;
+    (port, n1, n2, n3)
+}
+
 /// Waits until `b` knows `n` routes from its peers.
 async fn wait_routes(b: &TestBroker, n: f64) {
     wait_until(&format!("{n} routes"), || {
@@ -118,11 +129,7 @@ async fn recv_n(c: &mut Client, n: usize) -> Vec<common::Msg> {
 
 #[tokio::test]
 async fn cross_node_delivery_at_each_qos_once() {
-    let port = free_port();
-    let n1 = node(1, port, all_peers(port, 3)).await;
-    let n2 = node(2, port, all_peers(port, 3)).await;
-    let n3 = node(3, port, all_peers(port, 3)).await;
-    wait_mesh(&[&n1, &n2, &n3]).await;
+    let (_, n1, n2, n3) = three_nodes().await;
 
     let mut s2 = Client::new(n2.addr, "s2").await;
     assert_eq!(s2.subscribe(&[("t/#", 2)]).await, [2]);
@@ -219,11 +226,7 @@ async fn many_subscribers_are_one_route_and_unsubscribe_withdraws_it() {
 
 #[tokio::test]
 async fn takeover_across_nodes_publishes_the_will_everywhere() {
-    let port = free_port();
-    let n1 = node(1, port, all_peers(port, 3)).await;
-    let n2 = node(2, port, all_peers(port, 3)).await;
-    let n3 = node(3, port, all_peers(port, 3)).await;
-    wait_mesh(&[&n1, &n2, &n3]).await;
+    let (_, n1, n2, n3) = three_nodes().await;
     let mut watcher = Client::new(n3.addr, "watcher").await;
     watcher
         .subscribe(&[("will/#", 1), ("$SYS/broker/connection/clients/+", 0)])
@@ -343,11 +346,7 @@ async fn retained_messages_reach_every_node_live_and_when_joining() {
 
 #[tokio::test]
 async fn a_shared_group_gets_each_message_once_across_nodes() {
-    let port = free_port();
-    let n1 = node(1, port, all_peers(port, 3)).await;
-    let n2 = node(2, port, all_peers(port, 3)).await;
-    let n3 = node(3, port, all_peers(port, 3)).await;
-    wait_mesh(&[&n1, &n2, &n3]).await;
+    let (_, n1, n2, n3) = three_nodes().await;
     let mut members = Vec::new();
     for (b, id) in [(&n1, "m1"), (&n2, "m2a"), (&n2, "m2b"), (&n3, "m3")] {
         let mut c = Client::new(b.addr, id).await;
@@ -401,11 +400,7 @@ async fn a_shared_group_gets_each_message_once_across_nodes() {
 
 #[tokio::test]
 async fn a_stopped_node_restarts_and_delivery_resumes() {
-    let port = free_port();
-    let n1 = node(1, port, all_peers(port, 3)).await;
-    let n2 = node(2, port, all_peers(port, 3)).await;
-    let n3 = node(3, port, all_peers(port, 3)).await;
-    wait_mesh(&[&n1, &n2, &n3]).await;
+    let (port, n1, n2, n3) = three_nodes().await;
     let mut s3 = Client::new(n3.addr, "s3").await;
     s3.subscribe(&[("k/#", 1)]).await;
     wait_routes(&n1, 1.0).await;

@@ -13,12 +13,12 @@ use std::sync::Arc;
 use rustls::client::WebPkiServerVerifier;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
-use rustls::{
-    CertificateError, ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme,
-};
+use rustls::{CertificateError, ClientConfig, DigitallySignedStruct, SignatureScheme};
 
 use crate::config::TlsInfo;
-use crate::transport::tls::{PROTOCOL_VERSIONS, TlsError, build, load_certs, load_key, provider};
+use crate::transport::tls::{
+    PROTOCOL_VERSIONS, TlsError, build, load_certs, load_key, load_roots, provider,
+};
 
 /// The TLS configurations of one node's cluster links.
 #[derive(Clone)]
@@ -45,12 +45,7 @@ pub fn configs(info: &TlsInfo) -> Result<ClusterTls, TlsError> {
         .ca_file
         .as_deref()
         .ok_or(TlsError::Missing { key: "caFile" })?;
-    let mut roots = RootCertStore::empty();
-    for ca in load_certs("caFile", ca_path)? {
-        roots
-            .add(ca)
-            .map_err(|e| TlsError::Config(format!("tlsInfo.caFile: not a usable CA: {e}")))?;
-    }
+    let roots = load_roots(ca_path)?;
     let provider = provider();
     let inner = WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider.clone())
         .build()

@@ -332,16 +332,7 @@ pub(crate) fn build(info: &TlsInfo) -> Result<(ServerConfig, Summary), TlsError>
             .ca_file
             .as_deref()
             .ok_or(TlsError::Missing { key: "caFile" })?;
-        let mut roots = RootCertStore::empty();
-        for (i, ca) in load_certs("caFile", ca_path)?.into_iter().enumerate() {
-            roots.add(ca).map_err(|e| {
-                TlsError::file(
-                    "caFile",
-                    ca_path,
-                    format!("certificate {} is not a usable CA: {e}", i + 1),
-                )
-            })?;
-        }
+        let roots = load_roots(ca_path)?;
         let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider)
             .build()
             .map_err(|e| TlsError::file("caFile", ca_path, e.to_string()))?;
@@ -365,6 +356,21 @@ pub(crate) fn build(info: &TlsInfo) -> Result<(ServerConfig, Summary), TlsError>
         ),
     })?;
     Ok((config, summary))
+}
+
+/// The CA certificates of `tlsInfo.caFile` as a trust store.
+pub(crate) fn load_roots(ca_path: &Path) -> Result<RootCertStore, TlsError> {
+    let mut roots = RootCertStore::empty();
+    for (i, ca) in load_certs("caFile", ca_path)?.into_iter().enumerate() {
+        roots.add(ca).map_err(|e| {
+            TlsError::file(
+                "caFile",
+                ca_path,
+                format!("certificate {} is not a usable CA: {e}", i + 1),
+            )
+        })?;
+    }
+    Ok(roots)
 }
 
 /// Reads a (small) file whole, with errors naming it.
