@@ -83,7 +83,8 @@ pub async fn heartbeat(broker: Arc<Broker>, stop: CancellationToken) {
     }
 }
 
-fn text(status: StatusCode, body: impl Into<Bytes>) -> Response<Full<Bytes>> {
+/// A plain-text response.
+pub fn text(status: StatusCode, body: impl Into<Bytes>) -> Response<Full<Bytes>> {
     let mut r = Response::new(Full::new(body.into()));
     *r.status_mut() = status;
     r.headers_mut().insert(
@@ -93,20 +94,23 @@ fn text(status: StatusCode, body: impl Into<Bytes>) -> Response<Full<Bytes>> {
     r
 }
 
+/// A `/metrics` response: Prometheus text format 0.0.4.
+pub fn metrics_response(body: String) -> Response<Full<Bytes>> {
+    let mut r = text(StatusCode::OK, body);
+    r.headers_mut().insert(
+        hyper::header::CONTENT_TYPE,
+        hyper::header::HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+    );
+    r
+}
+
 /// Answers one request.
-fn respond(broker: &Broker, req: &Request<Incoming>) -> Response<Full<Bytes>> {
-    if req.method() != Method::GET && req.method() != Method::HEAD {
+fn respond(broker: &Broker, method: &Method, path: &str) -> Response<Full<Bytes>> {
+    if method != Method::GET && method != Method::HEAD {
         return text(StatusCode::METHOD_NOT_ALLOWED, "GET only\n");
     }
-    match req.uri().path() {
-        "/metrics" => {
-            let mut r = text(StatusCode::OK, broker.render_metrics());
-            r.headers_mut().insert(
-                hyper::header::CONTENT_TYPE,
-                hyper::header::HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
-            );
-            r
-        }
+    match path {
+        "/metrics" => metrics_response(broker.render_metrics()),
         "/healthz" if broker.health.is_alive() => text(StatusCode::OK, "ok\n"),
         "/healthz" => text(StatusCode::SERVICE_UNAVAILABLE, "event loop stalled\n"),
         "/readyz" if broker.health.is_ready() && broker.cluster_synced() => {
@@ -119,6 +123,19 @@ fn respond(broker: &Broker, req: &Request<Incoming>) -> Response<Full<Bytes>> {
 
 /// Serves HTTP on `listener` until `stop`.
 pub async fn serve(listener: TcpListener, broker: Arc<Broker>, stop: CancellationToken) {
+    serve_with(listener, stop, move |method, path| {
+        respond(&broker, method, path)
+    })
+    .await
+}
+
+/// The HTTP/1.1 server behind the broker's and the operator's probe endpoints: at most 64
+/// connections at once, headers within 5 s, `respond(method, path)` answers each request, and
+/// open connections finish gracefully at `stop`.
+pub async fn serve_with<F>(listener: TcpListener, stop: CancellationToken, respond: F)
+where
+    F: Fn(&Method, &str) -> Response<Full<Bytes>> + Clone + Send + Sync + 'static,
+{
     if let Ok(addr) = listener.local_addr() {
         info!(%addr, "listening for HTTP (/metrics, /healthz, /readyz)");
     }
@@ -139,11 +156,11 @@ pub async fn serve(listener: TcpListener, broker: Arc<Broker>, stop: Cancellatio
             debug!(%peer, "HTTP connection refused: too many");
             continue;
         };
-        let broker = broker.clone();
+        let respond = respond.clone();
         let stop = stop.clone();
         tokio::spawn(async move {
             let service = service_fn(|req: Request<Incoming>| {
-                let response = respond(&broker, &req);
+                let response = respond(req.method(), req.uri().path());
                 async move { Ok::<_, Infallible>(response) }
             });
             let conn = http1::Builder::new()

@@ -2,28 +2,17 @@
 //! and its controller are alive) and `/readyz` (connected to the API server; a standby replica
 //! waiting for the leader lease is ready too). hyper HTTP/1.1, one small task per connection.
 
-use std::convert::Infallible;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Duration;
 
+use hmq::http::{metrics_response, serve_with, text};
 use http_body_util::Full;
-use hyper::body::{Bytes, Incoming};
-use hyper::server::conn::http1;
-use hyper::service::service_fn;
-use hyper::{Method, Request, Response, StatusCode};
-use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper::body::Bytes;
+use hyper::{Method, Response, StatusCode};
 use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, info};
 
 use crate::metrics::Metrics;
-
-/// Most HTTP connections served at once (scrapers and probes are few).
-const MAX_CONNECTIONS: usize = 32;
-/// A request's headers must arrive within this.
-const HEADER_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// What the probes report, shared with the controller.
 #[derive(Debug)]
@@ -71,16 +60,6 @@ pub struct State {
     pub metrics: Metrics,
 }
 
-fn text(status: StatusCode, body: impl Into<Bytes>) -> Response<Full<Bytes>> {
-    let mut r = Response::new(Full::new(body.into()));
-    *r.status_mut() = status;
-    r.headers_mut().insert(
-        hyper::header::CONTENT_TYPE,
-        hyper::header::HeaderValue::from_static("text/plain; charset=utf-8"),
-    );
-    r
-}
-
 /// Answers one request.
 pub fn respond(state: &State, method: &Method, path: &str) -> Response<Full<Bytes>> {
     if method != Method::GET && method != Method::HEAD {
@@ -88,14 +67,7 @@ pub fn respond(state: &State, method: &Method, path: &str) -> Response<Full<Byte
     }
     let health = &state.health;
     match path {
-        "/metrics" => {
-            let mut r = text(StatusCode::OK, state.metrics.render());
-            r.headers_mut().insert(
-                hyper::header::CONTENT_TYPE,
-                hyper::header::HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
-            );
-            r
-        }
+        "/metrics" => metrics_response(state.metrics.render()),
         "/healthz" if health.alive.load(Ordering::Relaxed) => text(StatusCode::OK, "ok\n"),
         "/healthz" => text(StatusCode::SERVICE_UNAVAILABLE, "controller stopped\n"),
         "/readyz" if health.ready.load(Ordering::Relaxed) => {
@@ -111,51 +83,12 @@ pub fn respond(state: &State, method: &Method, path: &str) -> Response<Full<Byte
     }
 }
 
-/// Serves HTTP on `listener` until `stop`.
+/// Serves HTTP on `listener` until `stop` (the broker's probe server, with these answers).
 pub async fn serve(listener: TcpListener, state: State, stop: CancellationToken) {
-    if let Ok(addr) = listener.local_addr() {
-        info!(%addr, "listening for HTTP (/metrics, /healthz, /readyz)");
-    }
-    let limit = Arc::new(Semaphore::new(MAX_CONNECTIONS));
-    loop {
-        let (stream, peer) = tokio::select! {
-            _ = stop.cancelled() => return,
-            r = listener.accept() => match r {
-                Ok(pair) => pair,
-                Err(e) => {
-                    debug!(error = %e, "HTTP accept failed");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                    continue;
-                }
-            },
-        };
-        let Ok(permit) = limit.clone().try_acquire_owned() else {
-            debug!(%peer, "HTTP connection refused: too many");
-            continue;
-        };
-        let state = state.clone();
-        let stop = stop.clone();
-        tokio::spawn(async move {
-            let service = service_fn(|req: Request<Incoming>| {
-                let response = respond(&state, req.method(), req.uri().path());
-                async move { Ok::<_, Infallible>(response) }
-            });
-            let conn = http1::Builder::new()
-                .timer(TokioTimer::new())
-                .header_read_timeout(HEADER_TIMEOUT)
-                .serve_connection(TokioIo::new(stream), service);
-            tokio::pin!(conn);
-            tokio::select! {
-                r = conn.as_mut() => {
-                    if let Err(e) = r {
-                        debug!(%peer, error = %e, "HTTP connection ended with an error");
-                    }
-                }
-                _ = stop.cancelled() => conn.as_mut().graceful_shutdown(),
-            }
-            drop(permit);
-        });
-    }
+    serve_with(listener, stop, move |method, path| {
+        respond(&state, method, path)
+    })
+    .await
 }
 
 #[cfg(test)]
