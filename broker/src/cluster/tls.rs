@@ -17,7 +17,7 @@ use rustls::{CertificateError, ClientConfig, DigitallySignedStruct, SignatureSch
 
 use crate::config::TlsInfo;
 use crate::transport::tls::{
-    PROTOCOL_VERSIONS, TlsError, build, load_certs, load_key, load_roots, provider,
+    PROTOCOL_VERSIONS, TlsError, build, cert_and_key, load_certs, load_key, load_roots, provider,
 };
 
 /// The TLS configurations of one node's cluster links.
@@ -50,14 +50,7 @@ pub fn configs(info: &TlsInfo) -> Result<ClusterTls, TlsError> {
     let inner = WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider.clone())
         .build()
         .map_err(|e| TlsError::Config(format!("tlsInfo.caFile: {e}")))?;
-    let cert_path = info
-        .cert_file
-        .as_deref()
-        .ok_or(TlsError::Missing { key: "certFile" })?;
-    let key_path = info
-        .key_file
-        .as_deref()
-        .ok_or(TlsError::Missing { key: "keyFile" })?;
+    let (cert_path, key_path) = cert_and_key(info)?;
     let client = ClientConfig::builder_with_provider(provider)
         .with_protocol_versions(PROTOCOL_VERSIONS)
         .map_err(|e| TlsError::Config(e.to_string()))?

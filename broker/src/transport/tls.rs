@@ -266,15 +266,8 @@ fn stamp_all(files: &[PathBuf]) -> Stamps {
 
 /// Certificate and key, then the CA with `verify`.
 fn watched_files(info: &TlsInfo) -> Result<Vec<PathBuf>, TlsError> {
-    let cert = info
-        .cert_file
-        .clone()
-        .ok_or(TlsError::Missing { key: "certFile" })?;
-    let key = info
-        .key_file
-        .clone()
-        .ok_or(TlsError::Missing { key: "keyFile" })?;
-    let mut files = vec![cert, key];
+    let (cert, key) = cert_and_key(info)?;
+    let mut files = vec![cert.to_path_buf(), key.to_path_buf()];
     if info.verify {
         files.push(
             info.ca_file
@@ -310,14 +303,7 @@ pub(crate) fn provider() -> Arc<CryptoProvider> {
 
 /// Reads and checks every file, and builds the rustls configuration.
 pub(crate) fn build(info: &TlsInfo) -> Result<(ServerConfig, Summary), TlsError> {
-    let cert_path = info
-        .cert_file
-        .as_deref()
-        .ok_or(TlsError::Missing { key: "certFile" })?;
-    let key_path = info
-        .key_file
-        .as_deref()
-        .ok_or(TlsError::Missing { key: "keyFile" })?;
+    let (cert_path, key_path) = cert_and_key(info)?;
     let chain = load_certs("certFile", cert_path)?;
     let summary =
         summarize(&chain[0]).map_err(|what| TlsError::file("certFile", cert_path, what))?;
@@ -356,6 +342,19 @@ pub(crate) fn build(info: &TlsInfo) -> Result<(ServerConfig, Summary), TlsError>
         ),
     })?;
     Ok((config, summary))
+}
+
+/// The paths of `tlsInfo.certFile` and `tlsInfo.keyFile`, both required.
+pub(crate) fn cert_and_key(info: &TlsInfo) -> Result<(&Path, &Path), TlsError> {
+    let cert = info
+        .cert_file
+        .as_deref()
+        .ok_or(TlsError::Missing { key: "certFile" })?;
+    let key = info
+        .key_file
+        .as_deref()
+        .ok_or(TlsError::Missing { key: "keyFile" })?;
+    Ok((cert, key))
 }
 
 /// The CA certificates of `tlsInfo.caFile` as a trust store.
