@@ -119,6 +119,8 @@ pub struct Metrics {
     pub registry: Registry,
     /// Open client connections by listener (`tcp`, `tls`, `ws`, `wss`).
     pub connections_current: IntGaugeVec,
+    /// Idle plain-TCP connections parked without a task (part of `connections_current`).
+    pub connections_parked: IntGauge,
     /// Accepted client connections by listener.
     pub connections_total: IntCounterVec,
     /// Connections refused before or at CONNECT, by reason.
@@ -282,6 +284,10 @@ impl Metrics {
                 "Open client connections by listener.",
                 "listener",
                 &LISTENERS,
+            ),
+            connections_parked: gauge(
+                "connections_parked",
+                "Idle TCP connections parked without a task (included in connections_current).",
             ),
             connections_total: counter_vec(
                 "connections_total",

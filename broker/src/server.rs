@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
-use tokio::sync::Semaphore;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -22,6 +22,7 @@ use crate::auth::PasswordFile;
 use crate::broker::Broker;
 use crate::cluster::{Cluster, link};
 use crate::config::Config;
+use crate::connection::park::Parking;
 use crate::connection::{self, ConnInfo, ListenerKind};
 use crate::session::{KickReason, Owner};
 use crate::transport::tls::{TlsAcceptor, TlsError};
@@ -60,6 +61,9 @@ pub enum ServerError {
     /// The ACL file could not be read or parsed (`file:line: what is wrong`).
     #[error("{0}")]
     Acl(String),
+    /// The thread that watches idle connections could not start.
+    #[error("starting the idle-connection thread: {0}")]
+    Parking(io::Error),
     /// The password file could not be read or parsed (`file:line: what is wrong`).
     #[error("{0}")]
     Passwords(String),
@@ -300,13 +304,19 @@ impl Server {
         } else {
             max_connections
         };
+        // Stopped when `run` returns (or its future is dropped), after the drain.
+        let limit = Arc::new(Semaphore::new(permits));
+        let (parking, _parking_guard) =
+            Parking::start(broker.clone(), limit.clone(), tracker.clone())
+                .map_err(ServerError::Parking)?;
         let accept = Arc::new(Accept {
             broker: broker.clone(),
             transport,
-            limit: Arc::new(Semaphore::new(permits)),
+            limit,
             tracker: tracker.clone(),
             shutdown: shutdown.clone(),
             max_connections,
+            parking: parking.clone(),
         });
         // Background tasks that outlive the listeners, until the drain is over.
         let stopped = CancellationToken::new();
@@ -396,17 +406,24 @@ impl Server {
             let _ = a.await;
         }
         info!(
-            connections = tracker.len(),
+            connections = tracker.len() + parking.len(),
             drain_rate, "shutting down: draining connections"
         );
         tracker.close();
-        drain(&broker, &tracker, drain_rate, deadline).await;
-        if tokio::time::timeout_at(deadline.max(Instant::now() + FINAL_WAIT), tracker.wait())
-            .await
-            .is_err()
+        let connections = Connections {
+            tracker: &tracker,
+            parking: &parking,
+        };
+        drain(&broker, &connections, drain_rate, deadline).await;
+        if tokio::time::timeout_at(
+            deadline.max(Instant::now() + FINAL_WAIT),
+            connections.closed(),
+        )
+        .await
+        .is_err()
         {
             warn!(
-                remaining = tracker.len(),
+                remaining = tracker.len() + parking.len(),
                 "connections still open at the shutdown deadline"
             );
         }
@@ -423,7 +440,32 @@ const FINAL_WAIT: Duration = Duration::from_secs(2);
 /// Disconnects the connected clients at most `rate` per second (0: all at once), so that they
 /// reconnect elsewhere without a storm. At `deadline` whatever is left is disconnected at once.
 /// Each client is closed as by a broker shutdown: no will, an offline notification.
-async fn drain(broker: &Broker, tracker: &TaskTracker, rate: u32, deadline: Instant) {
+/// The open client connections: tasks, and parked connections (which have none).
+struct Connections<'a> {
+    tracker: &'a TaskTracker,
+    parking: &'a Parking,
+}
+
+impl Connections<'_> {
+    fn is_empty(&self) -> bool {
+        // In this order: a parked connection becomes a task before it leaves the parking area.
+        self.parking.is_empty() && self.tracker.is_empty()
+    }
+
+    /// Waits until every connection has closed (the tracker is closed by then).
+    async fn closed(&self) {
+        loop {
+            self.tracker.wait().await;
+            if self.is_empty() {
+                return;
+            }
+            // A parked connection was resumed as a task meanwhile, or is about to be.
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+}
+
+async fn drain(broker: &Broker, connections: &Connections<'_>, rate: u32, deadline: Instant) {
     // A token bucket: `rate` closes per second, earned continuously and spent every tick, with
     // at most one tick's worth saved up so a late tick does not release a burst.
     const TICK: Duration = Duration::from_millis(10);
@@ -434,7 +476,7 @@ async fn drain(broker: &Broker, tracker: &TaskTracker, rate: u32, deadline: Inst
     let mut pending: Vec<Owner> = Vec::new();
     let mut next_snapshot = Instant::now();
     loop {
-        if tracker.is_empty() {
+        if connections.is_empty() {
             return;
         }
         let now = Instant::now();
@@ -447,7 +489,7 @@ async fn drain(broker: &Broker, tracker: &TaskTracker, rate: u32, deadline: Inst
         // Connections that finished their handshake since the last look are picked up too.
         if pending.is_empty() && now >= next_snapshot {
             pending = broker.sessions.online_owners();
-            pending.retain(|o| !o.kick.is_cancelled());
+            pending.retain(|o| !o.is_kicked());
             next_snapshot = now + Duration::from_millis(500);
         }
         let n = if rate == 0 {
@@ -553,6 +595,8 @@ struct Accept {
     tracker: TaskTracker,
     shutdown: CancellationToken,
     max_connections: usize,
+    /// Where idle plain-TCP connections wait without a task.
+    parking: Parking,
 }
 
 impl Accept {
@@ -597,15 +641,15 @@ impl Accept {
             };
             let this = self.clone();
             self.tracker.spawn(async move {
-                this.serve(stream, info).await;
-                drop(permit);
+                this.serve(stream, info, permit).await;
             });
         }
     }
 
     /// Runs the transport handshakes (PROXY header, TLS, WebSocket) within the connect
     /// deadline, then serves MQTT.
-    async fn serve(&self, mut stream: TcpStream, mut info: ConnInfo) {
+    /// `permit` (the connection limit) is held until the client is gone.
+    async fn serve(&self, mut stream: TcpStream, mut info: ConnInfo, permit: OwnedSemaphorePermit) {
         if let Err(e) = stream.set_nodelay(true) {
             debug!(peer = %info.peer, error = %e, "set_nodelay failed");
         }
@@ -621,8 +665,16 @@ impl Accept {
         }
         match kind {
             ListenerKind::Tcp => {
-                let (r, w) = stream.into_split();
-                self.mqtt(r, w, info).await;
+                connection::serve_tcp(
+                    stream,
+                    info,
+                    self.broker.clone(),
+                    self.shutdown.clone(),
+                    self.parking.clone(),
+                    permit,
+                )
+                .await;
+                return;
             }
             // The TLS and WebSocket states are several kilobytes: boxed, so that a plain TCP
             // connection's task (the common case, and what idle-connection memory is made of)
@@ -630,6 +682,7 @@ impl Accept {
             ListenerKind::Ws => Box::pin(self.websocket(stream, info)).await,
             ListenerKind::Tls | ListenerKind::Wss => Box::pin(self.tls(stream, info)).await,
         }
+        drop(permit);
     }
 
     async fn tls(&self, stream: TcpStream, mut info: ConnInfo) {

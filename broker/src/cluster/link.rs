@@ -666,7 +666,7 @@ async fn inbound(
                         }
                         unacked = 0;
                         tokio::select! {
-                            _ = waiter.notify().notified() => {}
+                            _ = waiter.notify().wait() => {}
                             _ = tokio::time::sleep(Duration::from_secs(1)) => {}
                             _ = shutdown.cancelled() => return Ok(()),
                         }

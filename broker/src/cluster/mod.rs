@@ -197,7 +197,7 @@ impl Peer {
     pub fn wake_waiting(&self) {
         let waiting = std::mem::take(&mut *self.waiting.lock());
         for publisher in waiting.iter().filter_map(std::sync::Weak::upgrade) {
-            publisher.notify().notify_one();
+            publisher.notify().notify();
         }
     }
 }

@@ -16,16 +16,15 @@ mod outbound;
 pub mod registry;
 pub mod store;
 
-use ahash::{HashMap, HashMapExt, HashSet};
 use arc_swap::ArcSwap;
+use futures_util::task::AtomicWaker;
 use parking_lot::Mutex;
 use std::collections::VecDeque;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::Instant;
-use tokio::sync::Notify;
-use tokio_util::sync::CancellationToken;
 
 use crate::acl::{self, ClientAcl};
 use crate::codec::QoS;
@@ -130,10 +129,24 @@ pub const MAX_WAIT_FOR_ROOM: std::time::Duration = std::time::Duration::from_sec
 /// publishers never wait for it (its queue fills and the overflow is dropped and counted).
 const STALLED_MS: u64 = 1000;
 
+/// The origin of `clock_ms`.
+static START: std::sync::LazyLock<Instant> = std::sync::LazyLock::new(Instant::now);
+
 /// Milliseconds on a process-wide monotonic clock.
-fn clock_ms() -> u64 {
-    static START: std::sync::LazyLock<Instant> = std::sync::LazyLock::new(Instant::now);
+pub(crate) fn clock_ms() -> u64 {
     START.elapsed().as_millis() as u64
+}
+
+/// `at` on the `clock_ms` clock, rounded up (0 if before its origin).
+pub(crate) fn clock_ms_at(at: Instant) -> u64 {
+    at.saturating_duration_since(*START)
+        .as_micros()
+        .div_ceil(1000) as u64
+}
+
+/// The instant `ms` on the `clock_ms` clock.
+pub(crate) fn instant_at_ms(ms: u64) -> Instant {
+    *START + std::time::Duration::from_millis(ms)
 }
 
 /// Queueing policy, from the configuration.
@@ -155,34 +168,131 @@ pub enum KickReason {
 }
 
 /// The connection that owns a session: how to ask it to close and how to know it has let go.
+///
+/// One small shared allocation per connection: an idle connection's memory is what an idle
+/// broker is made of, so this is a flag and a waker rather than cancellation tokens.
 #[derive(Debug, Clone)]
-pub struct Owner {
-    /// Unique id of the connection.
-    pub conn_id: u64,
-    /// Cancelled by whoever wants the connection closed.
-    pub kick: CancellationToken,
-    /// Why it was kicked (set before `kick` is cancelled).
-    pub kick_reason: Arc<Mutex<Option<KickReason>>>,
-    /// Cancelled by the connection once it has released the session (will published, core
-    /// parked or discarded).
-    pub released: CancellationToken,
+pub struct Owner(Arc<OwnerState>);
+
+#[derive(Debug)]
+struct OwnerState {
+    conn_id: u64,
+    /// 0 while not kicked, else `KickReason as u8 + 1` (the first reason given wins).
+    kick: AtomicU8,
+    /// Woken when kicked: the connection's task, or the parking thread while it is parked.
+    kicked: Signal,
+    /// Set by `Registry::release`, which then wakes the connections waiting for it.
+    released: AtomicBool,
 }
 
 impl Owner {
     /// A fresh owner handle for connection `conn_id`.
     pub fn new(conn_id: u64) -> Owner {
-        Owner {
+        Owner(Arc::new(OwnerState {
             conn_id,
-            kick: CancellationToken::new(),
-            kick_reason: Arc::new(Mutex::new(None)),
-            released: CancellationToken::new(),
-        }
+            kick: AtomicU8::new(0),
+            kicked: Signal::default(),
+            released: AtomicBool::new(false),
+        }))
+    }
+
+    /// Unique id of the connection.
+    pub fn conn_id(&self) -> u64 {
+        self.0.conn_id
     }
 
     /// Asks the connection to close for `reason` (the first reason given wins).
     pub fn kick(&self, reason: KickReason) {
-        self.kick_reason.lock().get_or_insert(reason);
-        self.kick.cancel();
+        let code = match reason {
+            KickReason::Takeover => 1,
+            KickReason::Shutdown => 2,
+        };
+        let _ = self
+            .0
+            .kick
+            .compare_exchange(0, code, Ordering::AcqRel, Ordering::Acquire);
+        self.0.kicked.notify();
+    }
+
+    /// Why the connection was asked to close, if it was.
+    pub fn kick_reason(&self) -> Option<KickReason> {
+        match self.0.kick.load(Ordering::Acquire) {
+            0 => None,
+            1 => Some(KickReason::Takeover),
+            _ => Some(KickReason::Shutdown),
+        }
+    }
+
+    /// Whether the connection was asked to close.
+    pub fn is_kicked(&self) -> bool {
+        self.kick_reason().is_some()
+    }
+
+    /// The signal a kick wakes (the connection registers its waker there).
+    pub fn kicked(&self) -> &Signal {
+        &self.0.kicked
+    }
+
+    /// Marks the session released by this connection (will published, core parked or
+    /// discarded); `Registry::release` does this and wakes the waiters.
+    pub(crate) fn set_released(&self) {
+        self.0.released.store(true, Ordering::Release);
+    }
+
+    /// Whether the connection has released the session.
+    pub fn is_released(&self) -> bool {
+        self.0.released.load(Ordering::Acquire)
+    }
+}
+
+/// A wake-up for one consumer that is remembered when nobody is waiting (like a
+/// `tokio::sync::Notify` permit), in one flag and one waker slot. The consumer is either a
+/// connection's task or, while the connection is parked, the parking thread
+/// (`connection::park`): whoever registered its waker last.
+#[derive(Debug, Default)]
+pub struct Signal {
+    pending: AtomicBool,
+    waker: AtomicWaker,
+}
+
+impl Signal {
+    /// Wakes the consumer, or remembers the wake-up for its next `poll_wait`/`take`.
+    pub fn notify(&self) {
+        self.pending.store(true, Ordering::Release);
+        self.waker.wake();
+    }
+
+    /// Ready (and consumed) if notified since the last time; otherwise registers `cx`'s waker.
+    pub fn poll_wait(&self, cx: &mut std::task::Context<'_>) -> std::task::Poll<()> {
+        if self.take() {
+            return std::task::Poll::Ready(());
+        }
+        self.waker.register(cx.waker());
+        // A notify between the check and the registration woke the previous waker: look again.
+        if self.take() {
+            return std::task::Poll::Ready(());
+        }
+        std::task::Poll::Pending
+    }
+
+    /// Waits for the next notification.
+    pub async fn wait(&self) {
+        std::future::poll_fn(|cx| self.poll_wait(cx)).await
+    }
+
+    /// Consumes a pending notification, if any.
+    pub fn take(&self) -> bool {
+        self.pending.swap(false, Ordering::AcqRel)
+    }
+
+    /// Whether a notification is pending (not consumed).
+    pub fn is_pending(&self) -> bool {
+        self.pending.load(Ordering::Acquire)
+    }
+
+    /// Makes `waker` the one woken by the next notification.
+    pub fn register(&self, waker: &std::task::Waker) {
+        self.waker.register(waker);
     }
 }
 
@@ -197,6 +307,8 @@ struct Control {
     /// Set when the session has been discarded; a connection still holding it must not park
     /// anything in it again.
     discarded: bool,
+    /// Who connected last (set at CONNECT): user name and address.
+    who: Option<(Option<Arc<str>>, IpAddr)>,
 }
 
 /// Who a client is, as far as authorisation cares: kept with the session so that the ACL can
@@ -228,13 +340,13 @@ pub struct Session {
     id: u64,
     client_id: Arc<str>,
     inbox: Mutex<Inbox>,
-    notify: Notify,
+    /// Wakes the owning connection (inbox no longer empty; a subscriber it waits for drained).
+    notify: Signal,
     online: AtomicBool,
     control: Mutex<Control>,
     /// This client's compiled ACL: read per message by the client's own task (publish) and by
     /// publishers (delivery through a subscription that needs a per-message check).
     acl: ArcSwap<ClientAcl>,
-    identity: Mutex<Option<ClientIdentity>>,
     /// Set by the owning connection while the client itself is the bottleneck (its socket is
     /// backed up or its in-flight window is full). Such a subscriber never slows publishers: its
     /// queue fills and the overflow is dropped and counted instead.
@@ -245,8 +357,10 @@ pub struct Session {
     /// QoS 1/2 messages in flight to the client (kept by the owning connection, for metrics).
     inflight: std::sync::atomic::AtomicU32,
     /// Publishers waiting for this inbox to drain (see `wait_for_room`); woken through their
-    /// own `notify` when it drops below `RELIEVED`.
-    waiting: Mutex<Vec<Weak<Session>>>,
+    /// own `notify` when it drops below `RELIEVED`. Boxed: rarely anyone, and every session,
+    /// idle ones included, carries the slot (8 bytes rather than a `Vec`'s 24).
+    #[allow(clippy::box_collection)]
+    waiting: Mutex<Option<Box<Vec<Weak<Session>>>>>,
 }
 
 impl Session {
@@ -256,7 +370,7 @@ impl Session {
             id,
             client_id,
             inbox: Mutex::new(Inbox::default()),
-            notify: Notify::new(),
+            notify: Signal::default(),
             online: AtomicBool::new(false),
             control: Mutex::new(Control {
                 core: Some(Box::default()),
@@ -264,13 +378,13 @@ impl Session {
                 persistent,
                 offline_since: None,
                 discarded: false,
+                who: None,
             }),
             acl: ArcSwap::new(ClientAcl::shared_allow_all()),
-            identity: Mutex::new(None),
             client_slow: AtomicBool::new(false),
             last_drain: AtomicU64::new(0),
             inflight: std::sync::atomic::AtomicU32::new(0),
-            waiting: Mutex::new(Vec::new()),
+            waiting: Mutex::new(None),
         }
     }
 
@@ -285,9 +399,11 @@ impl Session {
 
     /// Wakes every publisher waiting for room in this inbox.
     pub fn wake_waiting(&self) {
-        let waiting = std::mem::take(&mut *self.waiting.lock());
+        let Some(waiting) = self.waiting.lock().take() else {
+            return;
+        };
         for publisher in waiting.iter().filter_map(Weak::upgrade) {
-            publisher.notify.notify_one();
+            publisher.notify.notify();
         }
     }
 
@@ -349,6 +465,7 @@ impl Session {
         // decides to wake, and takes `waiting` only after).
         {
             let mut waiting = self.waiting.lock();
+            let waiting = waiting.get_or_insert_with(Box::default);
             if !waiting.iter().any(|w| w.as_ptr() == Arc::as_ptr(publisher)) {
                 waiting.push(Arc::downgrade(publisher));
             }
@@ -358,7 +475,7 @@ impl Session {
 
     /// Sets who the client is and its compiled ACL (at CONNECT, and after an ACL reload).
     pub fn set_access(&self, identity: ClientIdentity, acl: Arc<ClientAcl>) {
-        *self.identity.lock() = Some(identity);
+        self.control.lock().who = Some((identity.username, identity.ip));
         self.acl.store(acl);
     }
 
@@ -369,7 +486,12 @@ impl Session {
 
     /// The client's identity, once it has connected.
     pub fn identity(&self) -> Option<ClientIdentity> {
-        self.identity.lock().clone()
+        let who = self.control.lock().who.clone();
+        who.map(|(username, ip)| ClientIdentity {
+            client_id: self.client_id.clone(),
+            username,
+            ip,
+        })
     }
 
     /// The client's compiled ACL (allow-all until set).
@@ -419,7 +541,7 @@ impl Session {
         let len = inbox.len();
         drop(inbox);
         if was_empty && online {
-            self.notify.notify_one();
+            self.notify.notify();
         }
         if outcome == Enqueued::Queued && len >= CONGESTED && online {
             return Enqueued::Congested;
@@ -433,7 +555,7 @@ impl Session {
     }
 
     /// Wakes the owning connection when the inbox goes from empty to non-empty.
-    pub fn notify(&self) -> &Notify {
+    pub fn notify(&self) -> &Signal {
         &self.notify
     }
 }
@@ -441,25 +563,18 @@ impl Session {
 pub use outbound::{Awaiting, InFlight, Outbound};
 
 /// Session state owned by the connected client's task (or parked while offline).
-#[derive(Debug)]
+#[derive(Debug, Default)]
 pub struct SessionCore {
     /// Subscriptions by the filter string as the client sent it (including `$share/...`).
-    pub subscriptions: HashMap<String, QoS>,
+    /// Ordered maps rather than hash maps here: 24 bytes empty instead of 64 (a hash map
+    /// carries its random hasher state), and this state is part of every connection, idle or
+    /// not; they are only looked up per SUBSCRIBE, UNSUBSCRIBE and QoS 2 PUBLISH.
+    pub subscriptions: BTreeMap<String, QoS>,
     /// Outbound QoS 1/2 window.
     pub outbound: Outbound,
     /// Inbound QoS 2 packet ids received and not yet released: a PUBLISH retransmitted with one
     /// of these ids is not routed again (exactly once).
-    pub awaiting_rel: HashSet<u16>,
-}
-
-impl Default for SessionCore {
-    fn default() -> Self {
-        SessionCore {
-            subscriptions: HashMap::new(),
-            outbound: Outbound::default(),
-            awaiting_rel: HashSet::default(),
-        }
-    }
+    pub awaiting_rel: BTreeSet<u16>,
 }
 
 #[cfg(test)]

@@ -43,7 +43,8 @@ const INITIAL_SLOTS: usize = 8;
 pub struct Outbound {
     /// `slots[pkid & (slots.len() - 1)]`; the length is a power of two (or zero).
     slots: Vec<Option<InFlight>>,
-    len: usize,
+    /// At most 65,535 (one per packet id): a `u32` keeps the struct small.
+    len: u32,
     next_pkid: u16,
     seq: u64,
 }
@@ -51,7 +52,7 @@ pub struct Outbound {
 impl Outbound {
     /// Messages awaiting acknowledgement.
     pub fn len(&self) -> usize {
-        self.len
+        self.len as usize
     }
 
     /// Whether nothing is in flight.
@@ -71,6 +72,13 @@ impl Outbound {
         self.slots[i].as_mut().filter(|f| f.pkid == pkid)
     }
 
+    /// Gives the table back while nothing is in flight (an idle connection parks with none).
+    pub fn shrink(&mut self) {
+        if self.len == 0 {
+            self.slots = Vec::new();
+        }
+    }
+
     /// Doubles the table (ids keep distinct slots: more mask bits only separate them further).
     fn grow(&mut self) {
         let size = (self.slots.len() * 2).clamp(INITIAL_SLOTS, 1 << 16);
@@ -84,10 +92,10 @@ impl Outbound {
     /// Registers a QoS 1/2 delivery and returns its packet id, or `None` if all 65,535 ids are
     /// taken (the window limit keeps this from happening).
     pub fn start(&mut self, delivery: Delivery) -> Option<u16> {
-        if self.len >= usize::from(u16::MAX) {
+        if self.len >= u32::from(u16::MAX) {
             return None;
         }
-        if self.len == self.slots.len() {
+        if self.len() == self.slots.len() {
             self.grow();
         }
         // The next id in sequence whose slot is free. The table has a free slot, and ids

@@ -10,10 +10,11 @@
 //! The registry never touches the router: what it discards is handed back as [`Discarded`] so the
 //! caller can remove those subscriptions.
 
-use ahash::HashMap;
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
+use tokio::sync::Notify;
 
 use super::store::SessionStore;
 use super::{KickReason, Owner, Session, SessionCore};
@@ -25,7 +26,7 @@ pub struct Discarded {
     /// The session object (subscriptions in the router point at it).
     pub session: Arc<Session>,
     /// Its subscriptions.
-    pub subscriptions: HashMap<String, QoS>,
+    pub subscriptions: BTreeMap<String, QoS>,
 }
 
 /// The outcome of a successful open.
@@ -64,6 +65,9 @@ enum Step {
 #[derive(Debug)]
 pub struct Registry {
     store: Box<dyn SessionStore>,
+    /// Woken at every release, for connections waiting to take a session over (one for the
+    /// registry rather than one per connection: an idle connection's memory counts).
+    released: Notify,
     next_id: AtomicU64,
     max_sessions: usize,
 }
@@ -73,6 +77,7 @@ impl Registry {
     pub fn new(store: Box<dyn SessionStore>, max_sessions: usize) -> Registry {
         Registry {
             store,
+            released: Notify::new(),
             next_id: AtomicU64::new(1),
             max_sessions,
         }
@@ -147,7 +152,7 @@ impl Registry {
                 match step {
                     Step::WaitFor(old) => {
                         old.kick(KickReason::Takeover);
-                        tokio::time::timeout_at(deadline, old.released.cancelled())
+                        tokio::time::timeout_at(deadline, self.wait_released(&old))
                             .await
                             .map_err(|_| OpenError::TakeoverTimeout)?;
                         continue;
@@ -207,7 +212,10 @@ impl Registry {
         owner: &Owner,
     ) -> Option<Discarded> {
         let mut c = session.control.lock();
-        let mine = c.owner.as_ref().is_some_and(|o| o.conn_id == owner.conn_id);
+        let mine = c
+            .owner
+            .as_ref()
+            .is_some_and(|o| o.conn_id() == owner.conn_id());
         let mut result = None;
         if mine {
             c.owner = None;
@@ -228,8 +236,23 @@ impl Registry {
                 });
             }
         }
-        owner.released.cancel();
+        owner.set_released();
+        self.released.notify_waiters();
         result
+    }
+
+    /// Waits until `owner` has released its session.
+    async fn wait_released(&self, owner: &Owner) {
+        loop {
+            let notified = self.released.notified();
+            let mut notified = std::pin::pin!(notified);
+            // Registered before the check, so a release in between is not missed.
+            notified.as_mut().enable();
+            if owner.is_released() {
+                return;
+            }
+            notified.await;
+        }
     }
 
     /// Lets go of `client_id` because it connected to another cluster node: a connected
@@ -309,7 +332,7 @@ mod tests {
         let mut core = a.core;
         core.subscriptions.insert("t".into(), QoS::AtLeastOnce);
         assert!(r.release(&a.session, core, &o1).is_none());
-        assert!(o1.released.is_cancelled());
+        assert!(o1.is_released());
         assert!(!a.session.is_online());
 
         let o2 = Owner::new(2);
@@ -341,8 +364,8 @@ mod tests {
         let r2 = r.clone();
         let o1b = o1.clone();
         let old = tokio::spawn(async move {
-            o1b.kick.cancelled().await;
-            assert_eq!(*o1b.kick_reason.lock(), Some(KickReason::Takeover));
+            o1b.kicked().wait().await;
+            assert_eq!(o1b.kick_reason(), Some(KickReason::Takeover));
             r2.release(&session, core, &o1b);
         });
         let b = r.open("c".into(), false, Owner::new(2), W).await.unwrap();

@@ -1,7 +1,9 @@
 //! Where sessions are kept, by client id. In memory for now; a durable store implements the same
 //! trait later (it would also persist each session's subscriptions and queued messages).
 
-use ahash::HashMap;
+use ahash::RandomState;
+use hashbrown::HashTable;
+use hashbrown::hash_table::Entry;
 use parking_lot::Mutex;
 use std::fmt;
 use std::sync::Arc;
@@ -29,32 +31,65 @@ pub trait SessionStore: Send + Sync + fmt::Debug {
 }
 
 /// The in-memory store.
-#[derive(Debug, Default)]
+/// Sessions in memory. A table of sessions hashed by their client id rather than a map from
+/// client id to session: the session already holds its id, and a map entry would add a key
+/// (16 bytes) per client to what every connected or offline client costs.
+#[derive(Default)]
 pub struct MemoryStore {
-    map: Mutex<HashMap<Arc<str>, Arc<Session>>>,
+    map: Mutex<HashTable<Arc<Session>>>,
+    hasher: RandomState,
+}
+
+impl fmt::Debug for MemoryStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("MemoryStore")
+            .field("sessions", &self.map.lock().len())
+            .finish()
+    }
+}
+
+impl MemoryStore {
+    fn hash(&self, client_id: &str) -> u64 {
+        self.hasher.hash_one(client_id)
+    }
 }
 
 impl SessionStore for MemoryStore {
     fn get(&self, client_id: &str) -> Option<Arc<Session>> {
-        self.map.lock().get(client_id).cloned()
+        let hash = self.hash(client_id);
+        self.map
+            .lock()
+            .find(hash, |s| &**s.client_id() == client_id)
+            .cloned()
     }
 
     fn insert_new(&self, session: Arc<Session>) -> Result<(), Arc<Session>> {
+        let hash = self.hash(session.client_id());
         let mut map = self.map.lock();
-        if let Some(existing) = map.get(session.client_id()) {
-            return Err(existing.clone());
+        let id = session.client_id().clone();
+        match map.entry(
+            hash,
+            |s| s.client_id() == &id,
+            |s| self.hasher.hash_one(&**s.client_id()),
+        ) {
+            Entry::Occupied(existing) => Err(existing.get().clone()),
+            Entry::Vacant(slot) => {
+                slot.insert(session);
+                Ok(())
+            }
         }
-        map.insert(session.client_id().clone(), session);
-        Ok(())
     }
 
     fn remove(&self, client_id: &str, session_id: u64) -> bool {
+        let hash = self.hash(client_id);
         let mut map = self.map.lock();
-        if map.get(client_id).is_some_and(|s| s.id() == session_id) {
-            map.remove(client_id);
-            return true;
+        match map.find_entry(hash, |s| &**s.client_id() == client_id) {
+            Ok(entry) if entry.get().id() == session_id => {
+                entry.remove();
+                true
+            }
+            _ => false,
         }
-        false
     }
 
     fn len(&self) -> usize {
@@ -62,11 +97,11 @@ impl SessionStore for MemoryStore {
     }
 
     fn all(&self) -> Vec<Arc<Session>> {
-        self.map.lock().values().cloned().collect()
+        self.map.lock().iter().cloned().collect()
     }
 
     fn for_each(&self, f: &mut dyn FnMut(&Arc<Session>)) {
-        for s in self.map.lock().values() {
+        for s in self.map.lock().iter() {
             f(s);
         }
     }
