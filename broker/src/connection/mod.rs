@@ -1040,6 +1040,8 @@ impl Connection {
         // Every close, a broker shutdown included, ends with the offline notification: a
         // drained client looks offline, not crashed (no will), to the others.
         crate::sys::publish_presence(&self.broker, &self.client_id, false);
+        // Before the release: after it, the next owner may have registered its own waker.
+        self.session.notify().clear();
         let core = std::mem::take(&mut self.core);
         if let Some(discarded) = self
             .broker

@@ -229,6 +229,15 @@ impl Parking {
     /// Parks a connection. If anything is already waiting for it, or the socket cannot be
     /// watched, it is resumed at once.
     pub(crate) fn park(&self, parked: Parked, slot: Slot) {
+        if self.is_stopped() {
+            // Nobody watches any more (the server is gone): stay a task.
+            let tracker = &self.shared.tracker;
+            tracker.spawn_on(
+                super::resume(parked, self.clone(), slot),
+                &self.shared.runtime,
+            );
+            return;
+        }
         slot.park();
         let shared = &self.shared;
         let fd = parked.stream().as_raw_fd();
@@ -266,13 +275,13 @@ impl Parking {
         woken |= session.notify().is_pending() || owner.kicked().is_pending();
         let resume_now = {
             let mut st = shared.state.lock();
-            let (key, _) = split(tok);
+            let (key, generation) = split(tok);
             match st.slab.get_mut(key) {
-                Some(e) => {
+                Some(e) if e.generation == generation => {
                     e.armed = true;
                     woken || e.woken
                 }
-                None => false,
+                _ => false,
             }
         };
         if resume_now {

@@ -294,6 +294,12 @@ impl Signal {
     pub fn register(&self, waker: &std::task::Waker) {
         self.waker.register(waker);
     }
+
+    /// Drops the registered waker (a consumer that goes away: a waker keeps its task's memory
+    /// alive, and a session can outlive its connection by days).
+    pub fn clear(&self) {
+        drop(self.waker.take());
+    }
 }
 
 #[derive(Debug)]
