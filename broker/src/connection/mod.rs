@@ -231,17 +231,18 @@ pub async fn serve_tcp(
 /// A parked connection, resumed by the parking thread in a task of its own. `slot` gives its
 /// connection-limit permit back when it ends.
 pub(crate) async fn resume(parked: Parked, parking: Parking, slot: Slot) {
-    let (mut conn, stream) = Connection::from_parked(parked, parking.broker().clone());
+    let (conn, stream) = Connection::from_parked(parked, parking.broker().clone());
     match TcpStream::from_std(stream) {
-        Ok(stream) => {
-            drive_tcp(stream, BytesMut::new(), conn, false, parking, slot).await;
-        }
-        Err(e) => {
-            // The socket cannot be watched again: end the connection properly all the same.
-            let why = Close::Network(format!("resuming an idle connection: {e}"));
-            Box::pin(conn.end(&mut tokio::io::sink(), why)).await;
-        }
+        Ok(stream) => drive_tcp(stream, BytesMut::new(), conn, false, parking, slot).await,
+        Err(e) => end_unwatched(conn, "resuming", e).await,
     }
+}
+
+/// Ends a connection whose socket could not move between the runtime and the parking thread
+/// (the socket is closed by then): will, session release, log and metrics all the same.
+async fn end_unwatched(mut conn: Connection, doing: &str, e: io::Error) {
+    let why = Close::Network(format!("{doing} an idle connection: {e}"));
+    Box::pin(conn.end(&mut tokio::io::sink(), why)).await;
 }
 
 /// The packet loop of a plain-TCP connection, until it closes or parks. A `fresh` connection
@@ -270,11 +271,7 @@ async fn drive_tcp(
                 parking.park(conn.into_parked(stream), slot);
                 return;
             }
-            Err(e) => {
-                let why = Close::Network(format!("parking an idle connection: {e}"));
-                Box::pin(conn.end(&mut tokio::io::sink(), why)).await;
-                return;
-            }
+            Err(e) => return end_unwatched(conn, "parking", e).await,
         },
     };
     let (_, mut writer) = stream.split();
