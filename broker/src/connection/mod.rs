@@ -256,10 +256,7 @@ async fn drive_tcp(
     parking: Parking,
     slot: Slot,
 ) {
-    let park = (!parking.is_stopped()).then_some(Park {
-        fresh,
-        quiet: PARK_AFTER,
-    });
+    let park = (!parking.is_stopped()).then_some(Park { fresh });
     let outcome = {
         let (mut reader, mut writer) = stream.split();
         conn.run(&mut reader, &mut writer, &mut rbuf, park).await
@@ -336,8 +333,6 @@ where
         session_present = accepted.opened.present,
         "client connected"
     );
-    let keep_alive = (connect.keep_alive > 0)
-        .then(|| Duration::from_millis(u64::from(connect.keep_alive) * 1500));
     let mut conn = Connection {
         broker: broker.clone(),
         client_id: accepted.client_id,
@@ -345,7 +340,7 @@ where
         core: accepted.opened.core,
         will: connect.will.take().map(Box::new),
         owner,
-        keep_alive,
+        keep_alive: connect.keep_alive,
         last_read: Instant::now(),
         peer,
         listener,
@@ -420,13 +415,18 @@ pub(crate) async fn end_before_session<W: AsyncWrite + Unpin>(
 
 /// When the packet loop looks at whether the connection can park.
 #[derive(Debug, Clone, Copy)]
+/// Every `PARK_AFTER` the connection parks if it is idle and has been quiet (nothing read,
+/// written or delivered) since the previous look.
 struct Park {
     /// A connection that has just been accepted looks once right away (its CONNACK written):
     /// it parks then if it is idle.
     fresh: bool,
-    /// Then every `quiet`: it parks if it is idle and has been quiet (nothing read, written or
-    /// delivered) since the previous look.
-    quiet: Duration,
+}
+
+/// How long a client may stay silent: 1.5 × its keepalive in seconds [MQTT-3.1.2-24]; `None`
+/// for keepalive 0.
+fn keep_alive_limit(secs: u16) -> Option<Duration> {
+    (secs > 0).then(|| Duration::from_millis(u64::from(secs) * 1500))
 }
 
 /// How the packet loop ended.
@@ -445,8 +445,8 @@ struct Connection {
     core: SessionCore,
     will: Option<Box<Will>>,
     owner: Owner,
-    /// 1.5 × the client's keepalive.
-    keep_alive: Option<Duration>,
+    /// The client's keepalive in seconds (see `keep_alive_limit`).
+    keep_alive: u16,
     /// When the client last sent something.
     last_read: Instant,
     peer: SocketAddr,
@@ -499,7 +499,7 @@ impl Parked {
 
     /// When the keepalive expires if the client stays silent (`clock_ms` time).
     pub(crate) fn deadline_ms(&self) -> Option<u64> {
-        (self.keep_alive_s > 0).then(|| self.last_read_ms + u64::from(self.keep_alive_s) * 1500)
+        keep_alive_limit(self.keep_alive_s).map(|k| self.last_read_ms + k.as_millis() as u64)
     }
 }
 
@@ -507,13 +507,9 @@ impl Connection {
     /// The state to park with `stream`.
     fn into_parked(mut self, stream: std::net::TcpStream) -> Parked {
         self.core.outbound.shrink();
-        // `keep_alive` is 1.5 × a whole number of seconds below 65,536 (from CONNECT).
-        let keep_alive_s = self.keep_alive.map_or(0, |k| {
-            u16::try_from(k.as_millis() / 1500).unwrap_or(u16::MAX)
-        });
         Parked {
             stream,
-            keep_alive_s,
+            keep_alive_s: self.keep_alive,
             sent: (self.sent % LATENCY_SAMPLE) as u8,
             last_read_ms: crate::session::clock_ms_at(self.last_read.into_std()),
             session: self.session,
@@ -533,8 +529,7 @@ impl Connection {
             core: p.core,
             will: p.will,
             owner: p.owner,
-            keep_alive: (p.keep_alive_s > 0)
-                .then(|| Duration::from_millis(u64::from(p.keep_alive_s) * 1500)),
+            keep_alive: p.keep_alive_s,
             last_read: Instant::from_std(crate::session::instant_at_ms(p.last_read_ms)),
             peer: p.peer,
             listener: ListenerKind::Tcp,
@@ -585,20 +580,25 @@ impl Connection {
     {
         let session = self.session.clone();
         let owner = self.owner.clone();
-        let keep_alive = self.keep_alive;
+        let keep_alive = keep_alive_limit(self.keep_alive);
         let far = Duration::from_secs(86_400 * 365);
         // One timer for the keepalive deadline, the end of a wait for a congested subscriber
         // and the next look at whether the connection is idle enough to park. Each is checked
         // when it fires; activity in between only sets a flag (no timer reset per packet).
         let mut first_look = park.is_some_and(|p| p.fresh);
-        let mut next_park =
-            park.map(|p| Instant::now() + if first_look { Duration::ZERO } else { p.quiet });
-        let first = match (keep_alive, next_park) {
-            (Some(k), Some(p)) => (self.last_read + k).min(p),
-            (Some(k), None) => self.last_read + k,
-            (None, Some(p)) => p,
-            (None, None) => Instant::now() + far,
-        };
+        let mut next_park = park.map(|_| {
+            Instant::now()
+                + if first_look {
+                    Duration::ZERO
+                } else {
+                    PARK_AFTER
+                }
+        });
+        let first = [keep_alive.map(|k| self.last_read + k), next_park]
+            .into_iter()
+            .flatten()
+            .min()
+            .unwrap_or_else(|| Instant::now() + far);
         let mut timer = std::pin::pin!(tokio::time::sleep_until(first));
         let mut pressure_until: Option<Instant> = None;
         let mut active = false;
@@ -689,14 +689,14 @@ impl Connection {
                         }
                         next = next.min(self.last_read + limit);
                     }
-                    if let (Some(p), Some(at)) = (park, next_park) {
+                    if let Some(at) = next_park {
                         if now >= at {
                             if (first_look || !active) && self.is_idle(rbuf) {
                                 return Run::Park;
                             }
                             first_look = false;
                             active = false;
-                            next_park = Some(now + p.quiet);
+                            next_park = Some(now + PARK_AFTER);
                         }
                     }
                     if let Some(at) = next_park {

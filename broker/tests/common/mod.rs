@@ -420,6 +420,17 @@ impl Client {
         }
     }
 
+    /// Asserts the broker closes this client, connected with keepalive 1 s and silent since
+    /// `since`, for its keepalive: within 4 s, and not before 1.5 × the keepalive.
+    pub async fn expect_keepalive_close(&mut self, since: tokio::time::Instant) {
+        self.expect_closed_within(Duration::from_secs(4)).await;
+        let waited = since.elapsed();
+        assert!(
+            waited >= Duration::from_millis(1400),
+            "closed after {waited:?}, before 1.5 x keepalive"
+        );
+    }
+
     /// Asserts the broker closes the connection within `d` (packets before the close are
     /// returned).
     pub async fn expect_closed_within(&mut self, d: Duration) -> Vec<Pkt> {
