@@ -3,17 +3,19 @@
 //! The data path, outside in: [`server`] accepts connections and hands each to a task in
 //! [`connection`], which decodes packets with [`codec`], keeps the client's [`session`] state and
 //! hands PUBLISH to the [`broker`], which finds subscribers in the [`router`] and pushes a shared
-//! [`message`] onto each subscriber's bounded inbox. [`config`] and [`cli`] are pure and shared with
-//! the Kubernetes operator.
+//! [`message`] onto each subscriber's bounded inbox.
+//!
+//! The model the operator reads too ([`config`], [`acl`], [`auth`], [`topic`]) lives in the
+//! `hmq-model` crate and the wire codec ([`codec`]) in `hmq-codec`; both are re-exported here under
+//! the paths the broker's modules use.
 #![warn(missing_docs)]
 
-pub mod acl;
-pub mod auth;
+pub use hmq_codec as codec;
+pub use hmq_model::{acl, auth, config, topic};
+
 pub mod broker;
 pub mod cli;
 pub mod cluster;
-pub mod codec;
-pub mod config;
 pub mod connection;
 pub mod http;
 pub mod message;
@@ -22,6 +24,5 @@ pub mod router;
 pub mod server;
 pub mod session;
 pub mod sys;
-pub mod topic;
 pub mod transport;
 pub mod watch;

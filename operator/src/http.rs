@@ -5,10 +5,7 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use hmq::http::{metrics_response, serve_with, text};
-use http_body_util::Full;
-use hyper::body::Bytes;
-use hyper::{Method, Response, StatusCode};
+use hmq_probe::{Method, Reply, StatusCode, metrics_response, serve_with, text};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
@@ -61,7 +58,7 @@ pub struct State {
 }
 
 /// Answers one request.
-pub fn respond(state: &State, method: &Method, path: &str) -> Response<Full<Bytes>> {
+pub fn respond(state: &State, method: &Method, path: &str) -> Reply {
     if method != Method::GET && method != Method::HEAD {
         return text(StatusCode::METHOD_NOT_ALLOWED, "GET only\n");
     }
@@ -83,7 +80,7 @@ pub fn respond(state: &State, method: &Method, path: &str) -> Response<Full<Byte
     }
 }
 
-/// Serves HTTP on `listener` until `stop` (the broker's probe server, with these answers).
+/// Serves HTTP on `listener` until `stop` (the probe server the broker uses too, with these answers).
 pub async fn serve(listener: TcpListener, state: State, stop: CancellationToken) {
     serve_with(listener, stop, move |method, path| {
         respond(&state, method, path)

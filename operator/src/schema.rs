@@ -44,12 +44,12 @@ pub const RANGES: &[(&str, i64, Option<i64>)] = &[
     (
         "connectTimeout",
         1,
-        Some(hmq::config::MAX_CONNECT_TIMEOUT as i64),
+        Some(hmq_model::config::MAX_CONNECT_TIMEOUT as i64),
     ),
     (
         "maxPacketSize",
-        hmq::config::MIN_PACKET_SIZE as i64,
-        Some(hmq::config::MAX_PACKET_SIZE_LIMIT as i64),
+        hmq_model::config::MIN_PACKET_SIZE as i64,
+        Some(hmq_model::config::MAX_PACKET_SIZE_LIMIT as i64),
     ),
     ("maxInflight", 1, Some(65_535)),
     ("maxQueuedMessages", 1, None),
@@ -59,7 +59,7 @@ pub const RANGES: &[(&str, i64, Option<i64>)] = &[
     (
         "sessionExpiry",
         0,
-        Some(hmq::config::MAX_SESSION_EXPIRY as i64),
+        Some(hmq_model::config::MAX_SESSION_EXPIRY as i64),
     ),
     ("shutdownTimeout", 1, Some(3600)),
     ("cluster.discoveryInterval", 1, Some(3600)),
@@ -111,7 +111,7 @@ impl JsonSchema for BrokerConfig {
     }
 
     fn json_schema(generator: &mut SchemaGenerator) -> Schema {
-        let mut schema = generator.subschema_for::<hmq::config::Config>();
+        let mut schema = generator.subschema_for::<hmq_model::config::Config>();
         if let Some(object) = schema.as_object_mut() {
             remove_properties(object, MANAGED_KEYS);
             if let Some(Value::Object(cluster)) = object
@@ -205,7 +205,7 @@ mod tests {
                 Some((section, key)) => format!(r#"{{"{section}": {{"{key}": {value}}}}}"#),
                 None => format!(r#"{{"{path}": {value}}}"#),
             };
-            hmq::config::Config::from_json(&text, "hmq.config").is_ok()
+            hmq_model::config::Config::from_json(&text, "hmq.config").is_ok()
         };
         for (path, min, max) in RANGES {
             assert!(parse(path, *min), "{path} = {min} refused");

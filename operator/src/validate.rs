@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
-use hmq::config::{Config, ConfigError};
+use hmq_model::config::{Config, ConfigError};
 use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::Secret;
 use serde_json::{Map, Value, json};
@@ -265,7 +265,7 @@ fn check_acl(acl: &AclSpec, text: &str) -> Result<(), InvalidSpec> {
             }
         }
     }
-    hmq::acl::Acl::parse(text, "acl.conf").map_err(|err| {
+    hmq_model::acl::Acl::parse(text, "acl.conf").map_err(|err| {
         let field = if acl.rules.is_some() {
             format!("spec.acl.rules[{}]", err.line.saturating_sub(2))
         } else {
@@ -371,7 +371,7 @@ pub fn check_secrets(
                 format!("Secret {name}: {key} is not UTF-8 text"),
             )
         })?;
-        hmq::auth::PasswordFile::parse(&text, key).map_err(|err| {
+        hmq_model::auth::PasswordFile::parse(&text, key).map_err(|err| {
             InvalidSpec::new(
                 "spec.auth.passwordSecretName",
                 format!("Secret {name}: {err}"),

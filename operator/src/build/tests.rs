@@ -413,9 +413,9 @@ fn rendered_config_is_what_the_broker_reads() {
     for text in [MINIMAL, FULL, WEBSOCKET] {
         let c = cluster(text);
         let r = rendered(&c).unwrap();
-        let parsed = hmq::config::Config::from_json(&r.hmq_config, "hmq.config").unwrap();
+        let parsed = hmq_model::config::Config::from_json(&r.hmq_config, "hmq.config").unwrap();
         assert_eq!(parsed, r.config);
-        hmq::acl::Acl::parse(&r.acl_conf, "acl.conf").unwrap();
+        hmq_model::acl::Acl::parse(&r.acl_conf, "acl.conf").unwrap();
     }
 }
 

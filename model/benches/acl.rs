@@ -3,7 +3,7 @@
 //! 1,000-rule files, one mostly per-user (where `for_client` leaves each client a handful of rules)
 //! and one where every rule applies to every client (the cost that pre-filtering avoids).
 //!
-//! Run one group with `cargo bench -p hmq --bench acl -- seed`.
+//! Run one group with `cargo bench -p hmq-model --bench acl -- seed`.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::fmt::Write as _;
@@ -12,7 +12,7 @@ use std::net::{IpAddr, Ipv4Addr};
 use std::time::Duration;
 
 use criterion::{Criterion, criterion_group, criterion_main};
-use hmq::acl::{Acl, Identity, SubscribeCheck};
+use hmq_model::acl::{Acl, Identity, SubscribeCheck};
 
 /// The example rules of the seed's "ACL Config" section.
 const SEED_RULES: &str = "\

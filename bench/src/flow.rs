@@ -8,7 +8,7 @@ use std::time::Instant;
 use anyhow::{Result, bail};
 use bytes::{BufMut, BytesMut};
 use hdrhistogram::Histogram;
-use hmq::codec::{self, Ack, Packet, QoS};
+use hmq_codec::{self as codec, Ack, Packet, QoS};
 
 use crate::client::Settings;
 use crate::stats::{Budget, ErrorLog, HEADER_LEN, Header, Seen, Timeline, record_us};

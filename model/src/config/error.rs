@@ -66,7 +66,7 @@ impl ConfigError {
 
     /// Sets the origin, and finds the line and column of the key in `text` (the JSON the
     /// config was parsed from) when they are not known yet.
-    pub(crate) fn located_in(mut self, text: &str, origin: &str) -> Self {
+    pub fn located_in(mut self, text: &str, origin: &str) -> Self {
         self.origin = origin.to_owned();
         if self.line.is_none() {
             if let Some((line, column)) = self.key.as_deref().and_then(|k| locate_key(text, k)) {

@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 
 pub use error::ConfigError;
 pub use port::{Port, PortError};
-pub(crate) use validate::split_port;
+pub use validate::split_port;
 pub use validate::{
     MAX_CONNECT_TIMEOUT, MAX_PACKET_SIZE_LIMIT, MAX_SESSION_EXPIRY, MIN_PACKET_SIZE,
 };
@@ -313,7 +313,7 @@ impl Config {
 
     /// Parses without validating: the command line applies its flags on top before
     /// validation, so a flag can fix a file value.
-    pub(crate) fn parse_json(text: &str, origin: &str) -> Result<Config, ConfigError> {
+    pub fn parse_json(text: &str, origin: &str) -> Result<Config, ConfigError> {
         // Editors on Windows may save a byte order mark, which serde_json refuses.
         let text = text.strip_prefix('\u{feff}').unwrap_or(text);
         if text.trim().is_empty() {

@@ -112,7 +112,7 @@ fn check_cluster(config: &Config) -> Result<(), ConfigError> {
 }
 
 /// Splits "host:port" (or "[v6]:port") when it ends with a numeric port.
-pub(crate) fn split_port(text: &str) -> Option<(&str, u16)> {
+pub fn split_port(text: &str) -> Option<(&str, u16)> {
     let (host, port) = text.rsplit_once(':')?;
     let port = port.parse::<u16>().ok()?;
     let host = host

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result, anyhow, bail};
 use bytes::{Buf, BytesMut};
-use hmq::codec::{self, Connect, Packet, Protocol, QoS};
+use hmq_codec::{self as codec, Connect, Packet, Protocol, QoS};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 

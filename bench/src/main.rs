@@ -37,7 +37,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use clap::{Args, Parser, Subcommand};
-use hmq::codec::QoS;
+use hmq_codec::QoS;
 
 use crate::client::Settings;
 use crate::scenario::{Kind, Plan, RunOptions};

@@ -1,7 +1,7 @@
 //! Codec micro-benchmarks: decoding inbound QoS 1 PUBLISH packets back-to-back from one read
 //! buffer, and encoding the per-subscriber PUBLISH header of a 1,000-subscriber fan-out.
 //!
-//! Run one group with `cargo bench -p hmq --bench codec -- decode`.
+//! Run one group with `cargo bench -p hmq-codec --bench codec -- decode`.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::hint::black_box;
@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
-use hmq::codec::{self, Packet, QoS};
+use hmq_codec::{self as codec, Packet, QoS};
 
 /// Packets per decode iteration (one read buffer holding this many PUBLISH frames).
 const PACKETS: usize = 1_000;
