@@ -5,13 +5,24 @@
 //! The task owns the session's core (in-flight window, inbound QoS 2 ids, subscriptions) while the
 //! client is connected, so none of that is locked per packet. It never blocks on another client:
 //! publishing is a push onto each subscriber's bounded inbox.
+//!
+//! This file holds the entry points (`serve`, `serve_tcp`, `resume`), the `Connection` state and
+//! its packet loop (`Connection::run`). Beside it: `handshake` (CONNECT to CONNACK), `inbound`
+//! (the packets a connected client sends), `deliver` (inbox to write queue), `close` (why and how
+//! a connection ends), `outbound` (the write queue) and `park` (idle connections without a task).
 
+mod close;
+mod deliver;
 mod handshake;
+mod inbound;
 pub mod outbound;
 pub mod park;
 
+pub use close::Close;
+use close::end_before_session;
+use inbound::is_sys_topic;
+
 use bytes::BytesMut;
-use std::fmt;
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -21,14 +32,12 @@ use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, info, warn};
+use tracing::info;
 
-use crate::acl::SubscribeCheck;
 use crate::broker::{Broker, Congestion};
-use crate::codec::{self, Ack, Packet, Publish, QoS, Will};
-use crate::message::{Delivery, Message};
-use crate::session::{Awaiting, KickReason, MAX_WAIT_FOR_ROOM, Owner, Session, SessionCore};
-use crate::topic::{Shown, TopicError, parse_subscription, validate_name};
+use crate::codec::Will;
+use crate::message::Delivery;
+use crate::session::{KickReason, MAX_WAIT_FOR_ROOM, Owner, Session, SessionCore};
 use handshake::First;
 use outbound::WriteQueue;
 use park::{PARK_AFTER, Parking, Slot};
@@ -60,72 +69,6 @@ impl ListenerKind {
     }
 }
 
-/// Why a connection ended.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Close {
-    /// The client sent DISCONNECT.
-    ClientDisconnect,
-    /// The client closed the socket without DISCONNECT.
-    PeerClosed,
-    /// Reading or writing failed.
-    Network(String),
-    /// No packet within 1.5 × keepalive.
-    KeepaliveTimeout,
-    /// No CONNECT within the connect timeout.
-    ConnectTimeout,
-    /// The client broke the protocol (malformed packet, wrong packet, bad topic).
-    Protocol(String),
-    /// The client exceeded a configured limit.
-    Limit(String),
-    /// CONNECT refused with a CONNACK return code.
-    Refused(String),
-    /// Another connection took the session over.
-    Takeover,
-    /// The broker is shutting down.
-    Shutdown,
-}
-
-impl Close {
-    /// Whether the will message is published: on every close but DISCONNECT [MQTT-3.1.2-8] and a
-    /// broker shutdown (a drained client is not a crashed client).
-    fn publishes_will(&self) -> bool {
-        !matches!(self, Close::ClientDisconnect | Close::Shutdown)
-    }
-
-    /// The metrics label.
-    fn label(&self) -> &'static str {
-        match self {
-            Close::ClientDisconnect => "client_disconnect",
-            Close::PeerClosed => "peer_closed",
-            Close::Network(_) => "network_error",
-            Close::KeepaliveTimeout => "keepalive_timeout",
-            Close::ConnectTimeout => "connect_timeout",
-            Close::Protocol(_) => "protocol_error",
-            Close::Limit(_) => "limit_exceeded",
-            Close::Refused(_) => "refused",
-            Close::Takeover => "takeover",
-            Close::Shutdown => "shutdown",
-        }
-    }
-}
-
-impl fmt::Display for Close {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Close::ClientDisconnect => f.write_str("client sent DISCONNECT"),
-            Close::PeerClosed => f.write_str("connection closed by client"),
-            Close::Network(e) => write!(f, "network error: {e}"),
-            Close::KeepaliveTimeout => f.write_str("keepalive timeout"),
-            Close::ConnectTimeout => f.write_str("no CONNECT within the connect timeout"),
-            Close::Protocol(e) => write!(f, "protocol error: {e}"),
-            Close::Limit(e) => write!(f, "limit exceeded: {e}"),
-            Close::Refused(e) => write!(f, "refused: {e}"),
-            Close::Takeover => f.write_str("session taken over by a new connection"),
-            Close::Shutdown => f.write_str("broker shutting down"),
-        }
-    }
-}
-
 /// Bytes queued for the socket above which the inbox is left alone until writes catch up: the
 /// backlog stays in the bounded inbox, where overflow is counted, not in an unbounded buffer.
 const HIGH_WATER: usize = 64 * 1024;
@@ -143,9 +86,6 @@ const LATENCY_SAMPLE: u32 = 16;
 
 /// Read buffer growth step; packets larger than this grow it as needed (up to the packet limit).
 const READ_CHUNK: usize = 4096;
-
-/// Time allowed for the last writes (CONNACK refusal, pending acks) when a connection closes.
-const FINAL_FLUSH: Duration = Duration::from_secs(2);
 
 /// What the listener knows about a connection before MQTT starts.
 #[derive(Debug, Clone)]
@@ -361,58 +301,6 @@ where
     Some(conn)
 }
 
-fn log_close(client_id: &str, peer: SocketAddr, listener: ListenerKind, why: &Close) {
-    let listener = listener.as_str();
-    match why {
-        Close::Protocol(_) | Close::Limit(_) => {
-            warn!(client_id, %peer, listener, reason = %why, "client disconnected");
-        }
-        _ => info!(client_id, %peer, listener, reason = %why, "client disconnected"),
-    }
-}
-
-/// Ends a connection that never got a session: flush a refusal CONNACK if one is queued, log,
-/// count.
-pub(crate) async fn end_before_session<W: AsyncWrite + Unpin>(
-    broker: &Broker,
-    writer: &mut W,
-    wq: &mut WriteQueue,
-    peer: SocketAddr,
-    listener: ListenerKind,
-    why: Close,
-) {
-    if !wq.is_empty() {
-        let _ = tokio::time::timeout(FINAL_FLUSH, wq.flush_all(writer, &broker.metrics.bytes_out))
-            .await;
-    }
-    close_transport(writer).await;
-    match &why {
-        Close::Refused(_) => {}
-        Close::ConnectTimeout => {
-            broker
-                .metrics
-                .connects_refused
-                .with_label_values(&["connect_timeout"])
-                .inc();
-        }
-        _ => {
-            broker
-                .metrics
-                .connects_refused
-                .with_label_values(&["bad_connect"])
-                .inc();
-        }
-    }
-    match &why {
-        Close::Protocol(_) | Close::ConnectTimeout => {
-            warn!(%peer, listener = listener.as_str(), reason = %why, "connection closed before CONNECT completed");
-        }
-        _ => {
-            info!(%peer, listener = listener.as_str(), reason = %why, "connection closed before CONNECT completed")
-        }
-    }
-}
-
 /// When the packet loop looks at whether the connection can park.
 #[derive(Debug, Clone, Copy)]
 /// Every `PARK_AFTER` the connection parks if it is idle and has been quiet (nothing read,
@@ -551,20 +439,6 @@ impl Connection {
             && !self.session.notify().is_pending()
             && !self.owner.kicked().is_pending()
             && self.session.inbox().is_empty()
-    }
-
-    /// Closes the connection: flush, will, session release, then the transport; counted and
-    /// logged.
-    async fn end<W: AsyncWrite + Unpin>(&mut self, writer: &mut W, why: Close) {
-        self.finish(writer, &why).await;
-        close_transport(writer).await;
-        let metrics = &self.broker.metrics;
-        metrics
-            .connections_current
-            .with_label_values(&[self.listener.as_str()])
-            .dec();
-        metrics.disconnects.with_label_values(&[why.label()]).inc();
-        log_close(&self.client_id, self.peer, self.listener, &why);
     }
 
     async fn run<R, W>(
@@ -707,354 +581,6 @@ impl Connection {
             }
         }
     }
-
-    /// Decodes and handles every complete packet in the read buffer.
-    fn handle_buffered(&mut self, rbuf: &mut BytesMut) -> Result<(), Close> {
-        loop {
-            match codec::decode(rbuf, self.broker.settings.max_packet_size) {
-                Ok(Some(packet)) => self.handle(packet)?,
-                Ok(None) => {
-                    self.session.set_inflight(self.core.outbound.len());
-                    return Ok(());
-                }
-                Err(e @ codec::DecodeError::TooLarge { .. }) => {
-                    return Err(Close::Limit(e.to_string()));
-                }
-                Err(e) => return Err(Close::Protocol(e.to_string())),
-            }
-        }
-    }
-
-    /// Handles one packet from the client.
-    fn handle(&mut self, packet: Packet) -> Result<(), Close> {
-        match packet {
-            Packet::Publish(p) => self.on_publish(p),
-            Packet::PubAck(pkid) => {
-                if !self.core.outbound.puback(pkid) {
-                    debug!(client_id = %self.client_id, pkid, "PUBACK for unknown packet id");
-                }
-                Ok(())
-            }
-            Packet::PubRec(pkid) => {
-                if !self.core.outbound.pubrec(pkid) {
-                    debug!(client_id = %self.client_id, pkid, "PUBREC for unknown packet id");
-                }
-                codec::encode_ack(self.wq.buf(), Ack::PubRel, pkid);
-                Ok(())
-            }
-            Packet::PubComp(pkid) => {
-                if !self.core.outbound.pubcomp(pkid) {
-                    debug!(client_id = %self.client_id, pkid, "PUBCOMP for unknown packet id");
-                }
-                Ok(())
-            }
-            Packet::PubRel(pkid) => {
-                self.core.awaiting_rel.remove(&pkid);
-                codec::encode_ack(self.wq.buf(), Ack::PubComp, pkid);
-                Ok(())
-            }
-            Packet::Subscribe { pkid, filters } => self.on_subscribe(pkid, filters),
-            Packet::Unsubscribe { pkid, filters } => {
-                for raw in filters {
-                    if self.core.subscriptions.remove(&raw).is_some() {
-                        if let Ok(sub) = parse_subscription(&raw, &self.broker.settings.topics) {
-                            self.broker.unsubscribe(self.session.id(), &sub);
-                        }
-                    }
-                }
-                codec::encode_ack(self.wq.buf(), Ack::UnsubAck, pkid);
-                Ok(())
-            }
-            Packet::PingReq => {
-                codec::encode_pingresp(self.wq.buf());
-                Ok(())
-            }
-            Packet::Disconnect => {
-                // [MQTT-3.14.4-3]: the will is discarded.
-                self.will = None;
-                Err(Close::ClientDisconnect)
-            }
-            Packet::Connect(_) => Err(Close::Protocol("second CONNECT".into())), // [MQTT-3.1.0-2]
-            other => Err(Close::Protocol(format!(
-                "{} is a server-to-client packet",
-                other.name()
-            ))),
-        }
-    }
-
-    fn on_publish(&mut self, p: Publish) -> Result<(), Close> {
-        validate_name(&p.topic, &self.broker.settings.topics).map_err(|e| {
-            let why = format!("PUBLISH to {:?}: {e}", Shown(&p.topic));
-            match e {
-                TopicError::TooLong(_) | TopicError::TooManyLevels(_) => Close::Limit(why),
-                _ => Close::Protocol(why),
-            }
-        })?;
-        let metrics = &self.broker.metrics;
-        metrics.received[p.qos as usize].inc();
-        let session = &self.session;
-        // A refused PUBLISH is still acknowledged as its QoS requires (hmq left QoS 1/2 publishes
-        // unacknowledged, so clients retried forever), then dropped and counted.
-        let route = |broker: &Broker, p: Publish| -> Option<Congestion> {
-            if is_sys_topic(&p.topic) {
-                broker.metrics.dropped.sys_topic.inc();
-                debug!(topic = %Shown(&p.topic), "client PUBLISH to $SYS dropped");
-                return None;
-            }
-            if !session.acl().can_publish(&p.topic) {
-                broker.metrics.dropped.acl.inc();
-                broker.metrics.acl_denied.publish.inc();
-                debug!(client_id = %session.client_id(), topic = %Shown(&p.topic), "PUBLISH denied by the ACL");
-                return None;
-            }
-            let (_, congested) = broker.publish(&Message::new(p.topic, p.payload, p.qos, p.retain));
-            // Waiting for our own inbox would only wait for ourselves.
-            congested.filter(|c| !c.is_session(session.id()))
-        };
-        let congested = match p.qos {
-            QoS::AtMostOnce => route(&self.broker, p),
-            QoS::AtLeastOnce => {
-                let pkid = p.pkid;
-                let congested = route(&self.broker, p);
-                codec::encode_ack(self.wq.buf(), Ack::PubAck, pkid);
-                congested
-            }
-            QoS::ExactlyOnce => {
-                let pkid = p.pkid;
-                let mut congested = None;
-                if !self.core.awaiting_rel.contains(&pkid) {
-                    if self.core.awaiting_rel.len() >= self.broker.settings.max_awaiting_rel {
-                        return Err(Close::Limit(format!(
-                            "more than {} QoS 2 messages awaiting PUBREL",
-                            self.broker.settings.max_awaiting_rel
-                        )));
-                    }
-                    self.core.awaiting_rel.insert(pkid);
-                    congested = route(&self.broker, p);
-                }
-                // A retransmission of a message already received is acknowledged again, not
-                // routed again: exactly once.
-                codec::encode_ack(self.wq.buf(), Ack::PubRec, pkid);
-                congested
-            }
-        };
-        if let Some(c) = congested {
-            if self.pressure.is_none() && c.wait_for_room(&self.session) {
-                self.pressure = Some(c);
-            }
-        }
-        Ok(())
-    }
-
-    fn on_subscribe(&mut self, pkid: u16, filters: Vec<(String, QoS)>) -> Result<(), Close> {
-        let settings = &self.broker.settings;
-        let mut codes = Vec::with_capacity(filters.len());
-        let mut granted = Vec::with_capacity(filters.len());
-        let acl = self.session.acl();
-        for (raw, qos) in filters {
-            let check = match parse_subscription(&raw, &settings.topics) {
-                Err(e) => {
-                    debug!(client_id = %self.client_id, filter = %Shown(&raw), error = %e, "subscription refused");
-                    codes.push(0x80);
-                    continue;
-                }
-                Ok(sub) => match acl.subscribe(sub.filter) {
-                    SubscribeCheck::Deny => {
-                        self.broker.metrics.acl_denied.subscribe.inc();
-                        debug!(client_id = %self.client_id, filter = %Shown(&raw), "SUBSCRIBE denied by the ACL");
-                        codes.push(0x80);
-                        continue;
-                    }
-                    SubscribeCheck::Allow => false,
-                    SubscribeCheck::PerMessage => true,
-                },
-            };
-            let known = self.core.subscriptions.contains_key(&raw);
-            if !known
-                && settings.max_subscriptions > 0
-                && self.core.subscriptions.len() >= settings.max_subscriptions
-            {
-                debug!(client_id = %self.client_id, filter = %Shown(&raw), "subscription limit reached");
-                codes.push(0x80);
-                continue;
-            }
-            codes.push(qos as u8);
-            self.core.subscriptions.insert(raw.clone(), qos);
-            granted.push((raw, qos, check));
-        }
-        drop(acl);
-        codec::encode_suback(self.wq.buf(), pkid, &codes);
-        for (raw, qos, check) in granted {
-            if let Ok(sub) = parse_subscription(&raw, &settings.topics) {
-                self.broker.subscribe(&self.session, &sub, qos, check);
-            }
-        }
-        Ok(())
-    }
-
-    /// Moves deliveries from the inbox to the write queue while the in-flight window and the
-    /// write queue have room.
-    fn pump(&mut self) {
-        let max_inflight = self.broker.settings.max_inflight;
-        loop {
-            let mut budget = HIGH_WATER.saturating_sub(self.wq.len());
-            let mut inflight = self.core.outbound.len();
-            // Why the inbox was left non-empty: the client (window full, output backed up), or
-            // only the batch size.
-            let mut client_slow = false;
-            let drained;
-            {
-                let mut inbox = self.session.inbox();
-                let before = inbox.len();
-                while self.batch.len() < BATCH {
-                    let Some(front) = inbox.front() else { break };
-                    if budget == 0 {
-                        client_slow = true;
-                        break;
-                    }
-                    if front.qos != QoS::AtMostOnce {
-                        if inflight >= max_inflight {
-                            client_slow = true;
-                            break;
-                        }
-                        inflight += 1;
-                    }
-                    budget = budget.saturating_sub(codec::publish_size(
-                        &front.msg.topic,
-                        front.qos,
-                        front.msg.payload.len(),
-                    ));
-                    if let Some(d) = inbox.pop() {
-                        self.batch.push(d);
-                    }
-                }
-                drained = (before, inbox.len());
-            }
-            // After the inbox lock is released: waking publishers takes another lock.
-            if drained.1 < drained.0 {
-                self.session.mark_drained();
-                self.session.drained(drained.0, drained.1);
-            }
-            if client_slow != self.client_slow {
-                self.client_slow = client_slow;
-                self.session.set_client_slow(client_slow);
-            }
-            if self.batch.is_empty() {
-                return;
-            }
-            let full = self.batch.len() == BATCH;
-            let mut batch = std::mem::take(&mut self.batch);
-            for d in batch.drain(..) {
-                self.send(d);
-            }
-            self.batch = batch;
-            self.session.set_inflight(self.core.outbound.len());
-            if !full {
-                return;
-            }
-        }
-    }
-
-    /// Encodes one delivery, registering QoS 1/2 in the window.
-    fn send(&mut self, d: Delivery) {
-        let pkid = match d.qos {
-            QoS::AtMostOnce => 0,
-            _ => match self.core.outbound.start(d.clone()) {
-                Some(id) => id,
-                None => return, // unreachable with a window below 65,535
-            },
-        };
-        let metrics = &self.broker.metrics;
-        metrics.sent[d.qos as usize].inc();
-        self.sent = self.sent.wrapping_add(1);
-        if self.sent % LATENCY_SAMPLE == 0 {
-            metrics
-                .delivery_latency
-                .observe(d.msg.received_at.elapsed().as_secs_f64());
-        }
-        let msg = &d.msg;
-        codec::encode_publish_header(
-            self.wq.buf(),
-            &msg.topic,
-            d.qos,
-            pkid,
-            false,
-            d.retain,
-            msg.payload.len(),
-        );
-        self.wq.put_payload(&msg.payload);
-    }
-
-    /// On a resumed session, resends what was in flight, in the original order, with DUP set
-    /// (PUBREL for messages already past PUBREC) [MQTT-4.4.0-1].
-    fn resend_inflight(&mut self) {
-        for (pkid, f) in self.core.outbound.in_order() {
-            if f.awaiting == Awaiting::PubComp {
-                codec::encode_ack(self.wq.buf(), Ack::PubRel, pkid);
-                continue;
-            }
-            let d = &f.delivery;
-            codec::encode_publish_header(
-                self.wq.buf(),
-                &d.msg.topic,
-                d.qos,
-                pkid,
-                true,
-                d.retain,
-                d.msg.payload.len(),
-            );
-            self.wq.put_payload(&d.msg.payload);
-            self.broker.metrics.sent[d.qos as usize].inc();
-        }
-    }
-
-    /// Flushes what can be flushed, publishes the will if this close calls for it, and gives the
-    /// session back.
-    async fn finish<W: AsyncWrite + Unpin>(&mut self, writer: &mut W, why: &Close) {
-        if !matches!(why, Close::Network(_) | Close::PeerClosed) && !self.wq.is_empty() {
-            let _ = tokio::time::timeout(
-                FINAL_FLUSH,
-                self.wq.flush_all(writer, &self.broker.metrics.bytes_out),
-            )
-            .await;
-        }
-        if why.publishes_will() {
-            if let Some(w) = self.will.take() {
-                debug!(client_id = %self.client_id, topic = %Shown(&w.topic), "publishing will");
-                if is_sys_topic(&w.topic) {
-                    self.broker.metrics.dropped.sys_topic.inc();
-                } else if !self.session.acl().can_publish(&w.topic) {
-                    self.broker.metrics.dropped.acl.inc();
-                    self.broker.metrics.acl_denied.publish.inc();
-                    debug!(client_id = %self.client_id, topic = %Shown(&w.topic), "will denied by the ACL");
-                } else {
-                    let w = *w;
-                    self.broker
-                        .publish(&Message::new(w.topic, w.payload, w.qos, w.retain));
-                }
-            }
-        }
-        // Every close, a broker shutdown included, ends with the offline notification: a
-        // drained client looks offline, not crashed (no will), to the others.
-        crate::sys::publish_presence(&self.broker, &self.client_id, false);
-        // Before the release: after it, the next owner may have registered its own waker.
-        self.session.notify().clear();
-        let core = std::mem::take(&mut self.core);
-        if let Some(discarded) = self
-            .broker
-            .sessions
-            .release(&self.session, core, &self.owner)
-        {
-            self.broker.forget(discarded);
-        }
-    }
-}
-
-/// Closes the transport properly, briefly: a WebSocket close frame, a TLS close_notify, a TCP
-/// FIN. Without it browsers report the WebSocket as dropped (1006) rather than closed.
-async fn close_transport<W: AsyncWrite + Unpin>(writer: &mut W) {
-    use tokio::io::AsyncWriteExt;
-    let _ = tokio::time::timeout(Duration::from_secs(1), writer.shutdown()).await;
 }
 
 /// Reads of at most this many bytes count as light traffic (see `read_some`).
@@ -1084,10 +610,6 @@ async fn read_some<R: AsyncRead + Unpin>(reader: &mut R, rbuf: &mut BytesMut) ->
     .await
 }
 
-/// `$SYS` topics belong to the broker: clients cannot publish there.
-fn is_sys_topic(topic: &str) -> bool {
-    topic == "$SYS" || topic.starts_with("$SYS/")
-}
 /// What an idle client costs is mostly these structs (see `park`): their sizes are part of the
 /// memory-per-connection figure of the benchmark, so growing one past its allocator size class
 /// (160 and 256 bytes with the `Arc` header) should be a decision, not an accident.

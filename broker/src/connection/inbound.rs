@@ -1,0 +1,209 @@
+//! The packets a client sends, once connected: PUBLISH (topic rules, `$SYS` refusal, ACL, the
+//! acknowledgement its QoS calls for, exactly-once QoS 2, flow control towards congested
+//! subscribers), the acknowledgements of our deliveries, SUBSCRIBE (filter rules, ACL, limits),
+//! UNSUBSCRIBE, PINGREQ and DISCONNECT.
+
+use bytes::BytesMut;
+use tracing::debug;
+
+use super::{Close, Connection};
+use crate::acl::SubscribeCheck;
+use crate::broker::{Broker, Congestion};
+use crate::codec::{self, Ack, Packet, Publish, QoS};
+use crate::message::Message;
+use crate::topic::{Shown, TopicError, parse_subscription, validate_name};
+
+impl Connection {
+    /// Decodes and handles every complete packet in the read buffer.
+    pub(super) fn handle_buffered(&mut self, rbuf: &mut BytesMut) -> Result<(), Close> {
+        loop {
+            match codec::decode(rbuf, self.broker.settings.max_packet_size) {
+                Ok(Some(packet)) => self.handle(packet)?,
+                Ok(None) => {
+                    self.session.set_inflight(self.core.outbound.len());
+                    return Ok(());
+                }
+                Err(e @ codec::DecodeError::TooLarge { .. }) => {
+                    return Err(Close::Limit(e.to_string()));
+                }
+                Err(e) => return Err(Close::Protocol(e.to_string())),
+            }
+        }
+    }
+
+    /// Handles one packet from the client.
+    pub(super) fn handle(&mut self, packet: Packet) -> Result<(), Close> {
+        match packet {
+            Packet::Publish(p) => self.on_publish(p),
+            Packet::PubAck(pkid) => {
+                if !self.core.outbound.puback(pkid) {
+                    debug!(client_id = %self.client_id, pkid, "PUBACK for unknown packet id");
+                }
+                Ok(())
+            }
+            Packet::PubRec(pkid) => {
+                if !self.core.outbound.pubrec(pkid) {
+                    debug!(client_id = %self.client_id, pkid, "PUBREC for unknown packet id");
+                }
+                codec::encode_ack(self.wq.buf(), Ack::PubRel, pkid);
+                Ok(())
+            }
+            Packet::PubComp(pkid) => {
+                if !self.core.outbound.pubcomp(pkid) {
+                    debug!(client_id = %self.client_id, pkid, "PUBCOMP for unknown packet id");
+                }
+                Ok(())
+            }
+            Packet::PubRel(pkid) => {
+                self.core.awaiting_rel.remove(&pkid);
+                codec::encode_ack(self.wq.buf(), Ack::PubComp, pkid);
+                Ok(())
+            }
+            Packet::Subscribe { pkid, filters } => self.on_subscribe(pkid, filters),
+            Packet::Unsubscribe { pkid, filters } => {
+                for raw in filters {
+                    if self.core.subscriptions.remove(&raw).is_some() {
+                        if let Ok(sub) = parse_subscription(&raw, &self.broker.settings.topics) {
+                            self.broker.unsubscribe(self.session.id(), &sub);
+                        }
+                    }
+                }
+                codec::encode_ack(self.wq.buf(), Ack::UnsubAck, pkid);
+                Ok(())
+            }
+            Packet::PingReq => {
+                codec::encode_pingresp(self.wq.buf());
+                Ok(())
+            }
+            Packet::Disconnect => {
+                // [MQTT-3.14.4-3]: the will is discarded.
+                self.will = None;
+                Err(Close::ClientDisconnect)
+            }
+            Packet::Connect(_) => Err(Close::Protocol("second CONNECT".into())), // [MQTT-3.1.0-2]
+            other => Err(Close::Protocol(format!(
+                "{} is a server-to-client packet",
+                other.name()
+            ))),
+        }
+    }
+
+    pub(super) fn on_publish(&mut self, p: Publish) -> Result<(), Close> {
+        validate_name(&p.topic, &self.broker.settings.topics).map_err(|e| {
+            let why = format!("PUBLISH to {:?}: {e}", Shown(&p.topic));
+            match e {
+                TopicError::TooLong(_) | TopicError::TooManyLevels(_) => Close::Limit(why),
+                _ => Close::Protocol(why),
+            }
+        })?;
+        let metrics = &self.broker.metrics;
+        metrics.received[p.qos as usize].inc();
+        let session = &self.session;
+        // A refused PUBLISH is still acknowledged as its QoS requires (hmq left QoS 1/2 publishes
+        // unacknowledged, so clients retried forever), then dropped and counted.
+        let route = |broker: &Broker, p: Publish| -> Option<Congestion> {
+            if is_sys_topic(&p.topic) {
+                broker.metrics.dropped.sys_topic.inc();
+                debug!(topic = %Shown(&p.topic), "client PUBLISH to $SYS dropped");
+                return None;
+            }
+            if !session.acl().can_publish(&p.topic) {
+                broker.metrics.dropped.acl.inc();
+                broker.metrics.acl_denied.publish.inc();
+                debug!(client_id = %session.client_id(), topic = %Shown(&p.topic), "PUBLISH denied by the ACL");
+                return None;
+            }
+            let (_, congested) = broker.publish(&Message::new(p.topic, p.payload, p.qos, p.retain));
+            // Waiting for our own inbox would only wait for ourselves.
+            congested.filter(|c| !c.is_session(session.id()))
+        };
+        let congested = match p.qos {
+            QoS::AtMostOnce => route(&self.broker, p),
+            QoS::AtLeastOnce => {
+                let pkid = p.pkid;
+                let congested = route(&self.broker, p);
+                codec::encode_ack(self.wq.buf(), Ack::PubAck, pkid);
+                congested
+            }
+            QoS::ExactlyOnce => {
+                let pkid = p.pkid;
+                let mut congested = None;
+                if !self.core.awaiting_rel.contains(&pkid) {
+                    if self.core.awaiting_rel.len() >= self.broker.settings.max_awaiting_rel {
+                        return Err(Close::Limit(format!(
+                            "more than {} QoS 2 messages awaiting PUBREL",
+                            self.broker.settings.max_awaiting_rel
+                        )));
+                    }
+                    self.core.awaiting_rel.insert(pkid);
+                    congested = route(&self.broker, p);
+                }
+                // A retransmission of a message already received is acknowledged again, not
+                // routed again: exactly once.
+                codec::encode_ack(self.wq.buf(), Ack::PubRec, pkid);
+                congested
+            }
+        };
+        if let Some(c) = congested {
+            if self.pressure.is_none() && c.wait_for_room(&self.session) {
+                self.pressure = Some(c);
+            }
+        }
+        Ok(())
+    }
+
+    pub(super) fn on_subscribe(
+        &mut self,
+        pkid: u16,
+        filters: Vec<(String, QoS)>,
+    ) -> Result<(), Close> {
+        let settings = &self.broker.settings;
+        let mut codes = Vec::with_capacity(filters.len());
+        let mut granted = Vec::with_capacity(filters.len());
+        let acl = self.session.acl();
+        for (raw, qos) in filters {
+            let check = match parse_subscription(&raw, &settings.topics) {
+                Err(e) => {
+                    debug!(client_id = %self.client_id, filter = %Shown(&raw), error = %e, "subscription refused");
+                    codes.push(0x80);
+                    continue;
+                }
+                Ok(sub) => match acl.subscribe(sub.filter) {
+                    SubscribeCheck::Deny => {
+                        self.broker.metrics.acl_denied.subscribe.inc();
+                        debug!(client_id = %self.client_id, filter = %Shown(&raw), "SUBSCRIBE denied by the ACL");
+                        codes.push(0x80);
+                        continue;
+                    }
+                    SubscribeCheck::Allow => false,
+                    SubscribeCheck::PerMessage => true,
+                },
+            };
+            let known = self.core.subscriptions.contains_key(&raw);
+            if !known
+                && settings.max_subscriptions > 0
+                && self.core.subscriptions.len() >= settings.max_subscriptions
+            {
+                debug!(client_id = %self.client_id, filter = %Shown(&raw), "subscription limit reached");
+                codes.push(0x80);
+                continue;
+            }
+            codes.push(qos as u8);
+            self.core.subscriptions.insert(raw.clone(), qos);
+            granted.push((raw, qos, check));
+        }
+        drop(acl);
+        codec::encode_suback(self.wq.buf(), pkid, &codes);
+        for (raw, qos, check) in granted {
+            if let Ok(sub) = parse_subscription(&raw, &settings.topics) {
+                self.broker.subscribe(&self.session, &sub, qos, check);
+            }
+        }
+        Ok(())
+    }
+}
+
+/// `$SYS` topics belong to the broker: clients cannot publish there.
+pub(super) fn is_sys_topic(topic: &str) -> bool {
+    topic == "$SYS" || topic.starts_with("$SYS/")
+}
