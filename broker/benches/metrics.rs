@@ -63,7 +63,7 @@ fn broker_with_sessions(n: u64) -> Broker {
             QoS::AtLeastOnce,
             false,
         );
-        assert_eq!(broker.publish(&msg).0, 1);
+        assert_eq!(broker.publish(&msg).delivered, 1);
     }
     broker
 }

@@ -14,11 +14,14 @@ use crate::codec::QoS;
 use crate::config::Config;
 use crate::message::{Delivery, Message};
 use crate::metrics::Metrics;
+use crate::persist::Durable;
+use crate::persist::journal::Value;
+use crate::persist::record::{Key, QueueRecord, QueueState, SessionRecord};
 use crate::router::Router;
 use crate::router::retained::{Retained, RetainedStore};
 use crate::session::registry::{Discarded, Registry};
 use crate::session::store::MemoryStore;
-use crate::session::{ClientIdentity, Enqueued, QueuePolicy, Session};
+use crate::session::{ClientIdentity, Enqueued, InFlight, QueuePolicy, Session, SessionCore};
 use crate::topic::{Subscription, TopicLimits, parse_subscription};
 
 /// Number of shards of the subscription trie and of the retained store.
@@ -66,6 +69,26 @@ impl Congestion {
     pub fn is_session(&self, id: u64) -> bool {
         matches!(&self.on, CongestedOn::Session(s) if s.id() == id)
     }
+}
+
+/// What `Broker::publish` did with a message.
+#[derive(Debug, Default)]
+pub struct Published {
+    /// Local sessions it was offered to.
+    pub delivered: usize,
+    /// A subscriber or peer the publisher should wait for (see `Congestion`).
+    pub congested: Option<Congestion>,
+    /// It changed the durable state (queued for a persistent session, or retained): with
+    /// `sync: "always"` its acknowledgement waits for the commit.
+    pub journaled: bool,
+}
+
+/// What routing a message to the local sessions did.
+#[derive(Debug, Default)]
+struct Routed {
+    delivered: usize,
+    congested: Option<Congestion>,
+    journaled: bool,
 }
 
 /// The configuration in the form the connection code reads on every packet.
@@ -155,12 +178,30 @@ pub struct Broker {
     next_auto_id: AtomicU64,
     /// Distinguishes assigned client ids of this process from a previous one's.
     boot: u64,
+    /// The durable state, with `persistence.dir`.
+    pub durable: Option<Arc<Durable>>,
+    /// When a `disk_full` drop was last logged (ms on the session clock), to log it at most
+    /// once a second.
+    disk_full_logged: AtomicU64,
 }
 
 impl Broker {
     /// A broker with empty state; `acl` is the parsed ACL when the ACL is on, `passwords` the
     /// parsed password file when one is configured.
     pub fn new(config: &Config, acl: Option<Acl>, passwords: Option<PasswordFile>) -> Broker {
+        Broker::with_durable(config, acl, passwords, Metrics::new(), None)
+    }
+
+    /// Like [`Broker::new`] with its `metrics`, mirroring its state into `durable` (opened by
+    /// the caller with `metrics.persist`; the state it read back is applied with
+    /// `persist::restore::apply`).
+    pub fn with_durable(
+        config: &Config,
+        acl: Option<Acl>,
+        passwords: Option<PasswordFile>,
+        metrics: Metrics,
+        durable: Option<Arc<Durable>>,
+    ) -> Broker {
         let boot = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_nanos() as u64)
@@ -170,7 +211,7 @@ impl Broker {
             router: Router::new(SHARDS),
             retained: RetainedStore::new(SHARDS, config.max_retained_messages),
             sessions: Registry::new(Box::new(MemoryStore::default()), config.max_sessions),
-            metrics: Metrics::new(),
+            metrics,
             acl: acl.map(ArcSwap::from_pointee),
             verified: passwords
                 .as_ref()
@@ -187,6 +228,8 @@ impl Broker {
             next_conn_id: AtomicU64::new(1),
             next_auto_id: AtomicU64::new(1),
             boot,
+            durable,
+            disk_full_logged: AtomicU64::new(0),
         }
     }
 
@@ -272,39 +315,41 @@ impl Broker {
     }
 
     /// Routes a message to every matching session and stores it if retained; in a cluster,
-    /// also forwards it to the peers with matching routes. Returns the number of local sessions
-    /// it was offered to and, if the publisher should wait for room, the subscriber to wait for
-    /// (see `Congestion`).
-    pub fn publish(&self, msg: &Arc<Message>) -> (usize, Option<Congestion>) {
+    /// also forwards it to the peers with matching routes. Says how many local sessions it was
+    /// offered to, whether the publisher should wait for room (see `Congestion`), and whether
+    /// the durable state changed.
+    pub fn publish(&self, msg: &Arc<Message>) -> Published {
+        let mut journaled = false;
         if msg.retain {
-            self.store_retained(msg);
+            journaled |= self.store_retained(msg);
         }
-        let (n, congested, peers) = match self.cluster.get() {
-            None => {
-                let (n, c) = self.route_message(msg, true, |_| true);
-                (n, c, 0)
-            }
+        let (routed, peers) = match self.cluster.get() {
+            None => (self.route_message(msg, true, |_| true), 0),
             Some(cluster) => {
                 let mut plan = cluster.plan(&msg.topic);
-                let (n, c) = if plan.is_empty() {
+                let mut routed = if plan.is_empty() {
                     self.route_message(msg, true, |_| true)
                 } else {
                     self.route_message(msg, true, |g| cluster.pick_local_group(&mut plan, g))
                 };
                 let (sent, peer) = cluster.send(msg, plan);
-                let c = c.or(peer.map(|p| Congestion {
+                routed.congested = routed.congested.or(peer.map(|p| Congestion {
                     on: CongestedOn::Peer(p),
                     sole_recipient: true,
                 }));
-                (n, c, sent)
+                (routed, sent)
             }
         };
-        if n == 0 && peers == 0 {
+        if routed.delivered == 0 && peers == 0 {
             self.metrics.dropped.no_subscriber.inc();
         } else {
             self.metrics.routed.inc();
         }
-        (n, congested)
+        Published {
+            delivered: routed.delivered,
+            congested: routed.congested,
+            journaled: journaled || routed.journaled,
+        }
     }
 
     /// Publishes a message the broker itself originates (`$SYS`): routed like any other, but
@@ -343,12 +388,13 @@ impl Broker {
             retain: f.retain,
             received_at: std::time::Instant::now(),
             stamp: f.stamp,
+            durable: Default::default(),
         });
         if msg.retain {
             self.store_retained(&msg);
         }
         self.route_message(&msg, f.plain, |g| f.groups.iter().any(|x| x == g))
-            .1
+            .congested
     }
 
     /// Stores a retained message a peer sent when its link came up, unless a newer one is here.
@@ -360,8 +406,15 @@ impl Broker {
             retain: true,
             received_at: std::time::Instant::now(),
             stamp: f.stamp,
+            durable: Default::default(),
         });
-        if self.retained.set_if_newer(&msg) == Retained::Full {
+        let durable = self.durable.as_deref();
+        let outcome = self.retained.set_if_newer_with(&msg, |change| {
+            if let Some(d) = durable {
+                journal_retained(d, change);
+            }
+        });
+        if outcome == Retained::Full {
             self.metrics.retained_refused.inc();
         }
     }
@@ -391,13 +444,15 @@ impl Broker {
         msg: &Arc<Message>,
         plain: bool,
         group: impl FnMut(&str) -> bool,
-    ) -> (usize, Option<Congestion>) {
+    ) -> Routed {
         // The first congested subscriber that the broker is behind on, and the first whose own
         // client is slow: the latter matters only if it is the message's only recipient.
         let mut behind = None;
         let mut slow = None;
+        let mut journaled = false;
         let policy = self.settings.queue;
         let dropped = &self.metrics.dropped;
+        let durable = self.durable.as_deref();
         let n = self
             .router
             .route_with(&msg.topic, plain, group, |session, granted, check| {
@@ -405,14 +460,12 @@ impl Broker {
                     self.metrics.acl_denied.receive.inc();
                     return;
                 }
-                let d = Delivery {
-                    msg: msg.clone(),
-                    qos: msg.qos.min(granted),
-                    retain: false,
-                };
-                match session.deliver(d, policy) {
-                    Enqueued::Queued => {}
+                let qos = msg.qos.min(granted);
+                let journals = session.journals(qos, durable);
+                match session.deliver(Delivery::new(msg.clone(), qos, false), policy, durable) {
+                    Enqueued::Queued => journaled |= journals,
                     Enqueued::Congested => {
+                        journaled |= journals;
                         let slot = if session.client_slow() {
                             &mut slow
                         } else {
@@ -422,10 +475,13 @@ impl Broker {
                             *slot = Some(session.clone());
                         }
                     }
-                    Enqueued::QueuedEvictedQos0 | Enqueued::DroppedQueueFull => {
+                    Enqueued::QueuedEvictedQos0 => {
+                        journaled |= journals;
                         dropped.queue_full.inc()
                     }
+                    Enqueued::DroppedQueueFull => dropped.queue_full.inc(),
                     Enqueued::DroppedOffline => dropped.offline_qos0.inc(),
+                    Enqueued::DroppedDiskFull => self.count_disk_full(session),
                 }
             });
         let congested = match (behind, slow) {
@@ -439,19 +495,52 @@ impl Broker {
             }),
             _ => None,
         };
-        (n, congested)
+        Routed {
+            delivered: n,
+            congested,
+            journaled,
+        }
     }
 
-    fn store_retained(&self, msg: &Arc<Message>) {
+    /// Counts (and logs, at most once a second) a message refused for a persistent session
+    /// because the durable store refuses changes.
+    fn count_disk_full(&self, session: &Session) {
+        self.metrics.dropped.disk_full.inc();
+        let now = crate::session::clock_ms();
+        let last = self.disk_full_logged.load(Ordering::Relaxed);
+        if now.saturating_sub(last) >= 1000
+            && self
+                .disk_full_logged
+                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+        {
+            tracing::warn!(
+                client_id = %session.client_id(),
+                "message for a persistent session dropped: the durable store is full or failing \
+                 (persistence.maxDiskBytes; hmq_publish_dropped_total{{reason=\"disk_full\"}})"
+            );
+        }
+    }
+
+    /// Stores (or, with an empty payload, deletes) a retained message; true if the durable
+    /// state changed.
+    fn store_retained(&self, msg: &Arc<Message>) -> bool {
         // The retained copy owns exactly its payload bytes: a shared slice would keep the whole
         // read buffer it came from alive for as long as the message stays retained.
         let stored = Arc::new(Message {
             payload: Bytes::copy_from_slice(&msg.payload),
             ..Message::clone(msg)
         });
-        if self.retained.set(&stored) == Retained::Full {
+        let durable = self.durable.as_deref();
+        let outcome = self.retained.set_with(&stored, |change| {
+            if let Some(d) = durable {
+                journal_retained(d, change);
+            }
+        });
+        if outcome == Retained::Full {
             self.metrics.retained_refused.inc();
         }
+        durable.is_some() && outcome != Retained::Full
     }
 
     /// Adds a subscription and queues the matching retained messages (RETAIN=1, at
@@ -473,16 +562,29 @@ impl Broker {
             if check && !acl.can_receive(&msg.topic) {
                 continue;
             }
-            let d = Delivery {
-                qos: msg.qos.min(qos),
-                msg,
-                retain: true,
-            };
-            if matches!(
-                session.deliver(d, self.settings.queue),
-                Enqueued::DroppedQueueFull | Enqueued::QueuedEvictedQos0
-            ) {
-                self.metrics.dropped.queue_full.inc();
+            let d = Delivery::new(msg.clone(), msg.qos.min(qos), true);
+            match session.deliver(d, self.settings.queue, self.durable.as_deref()) {
+                Enqueued::DroppedQueueFull | Enqueued::QueuedEvictedQos0 => {
+                    self.metrics.dropped.queue_full.inc()
+                }
+                Enqueued::DroppedDiskFull => self.count_disk_full(session),
+                _ => {}
+            }
+        }
+    }
+
+    /// Puts back a subscription read from the durable store: the router and the cluster's
+    /// route table, no retained messages (the session had them already).
+    pub fn restore_subscription(
+        &self,
+        session: &Arc<Session>,
+        sub: &Subscription<'_>,
+        qos: QoS,
+        check: bool,
+    ) {
+        if self.router.subscribe(session, sub, qos, check) {
+            if let Some(cluster) = self.cluster.get() {
+                cluster.local_subscribed(&route_name(sub));
             }
         }
     }
@@ -498,12 +600,107 @@ impl Broker {
         removed
     }
 
-    /// Removes every subscription of a session that no longer exists.
+    /// Removes every subscription of a session that no longer exists, and its durable state.
     pub fn forget(&self, discarded: Discarded) {
-        for filter in discarded.subscriptions.keys() {
+        for filter in discarded.subscriptions().keys() {
             if let Ok(sub) = parse_subscription(filter, &self.settings.topics) {
                 self.unsubscribe(discarded.session.id(), &sub);
             }
+        }
+        let Discarded { session, mut core } = discarded;
+        if let Some(d) = &self.durable {
+            if session.is_journaled() {
+                // First: a publisher that looks after this no longer writes to the store.
+                session.set_journaled(false);
+                let sid = session.id();
+                d.delete(Key::Session(sid));
+                let queued = session.inbox().drain();
+                for q in queued.iter().filter(|q| q.seq != 0) {
+                    d.delete(Key::Queue(sid, q.seq));
+                    d.drop_ref(&q.msg);
+                }
+                for f in core.outbound.drain() {
+                    self.journal_done(&session, &f);
+                }
+                for pkid in std::mem::take(&mut core.awaiting_rel) {
+                    d.delete(Key::Awaiting(sid, pkid));
+                }
+            }
+        }
+    }
+
+    /// Writes a journaled session's record: its subscriptions and identity, and when it went
+    /// offline (`None` while connected).
+    pub fn journal_session(
+        &self,
+        session: &Session,
+        core: &SessionCore,
+        offline_since_ms: Option<u64>,
+    ) {
+        let Some(d) = &self.durable else { return };
+        if !session.is_journaled() {
+            return;
+        }
+        let who = session.identity();
+        let record = SessionRecord {
+            client_id: session.client_id().to_string(),
+            subscriptions: core
+                .subscriptions
+                .iter()
+                .map(|(f, q)| (f.clone(), *q as u8))
+                .collect(),
+            username: who
+                .as_ref()
+                .and_then(|w| w.username.as_deref().map(str::to_owned)),
+            ip: who.map(|w| w.ip.to_string()),
+            offline_since_ms,
+        };
+        d.put(
+            Key::Session(session.id()),
+            Value::Session(Box::new(record)),
+            false,
+        );
+    }
+
+    /// A durable delivery was sent with `pkid`, or (QoS 2) released with PUBREL.
+    pub fn journal_progress(&self, session: &Session, d: &Delivery, state: QueueState) {
+        let Some(durable) = &self.durable else { return };
+        if d.seq == 0 {
+            return;
+        }
+        durable.put(
+            Key::Queue(session.id(), d.seq),
+            Value::Queue(QueueRecord {
+                message: d.msg.durable.pid(),
+                qos: d.qos as u8,
+                retain: d.retain,
+                state,
+            }),
+            false,
+        );
+    }
+
+    /// A durable delivery is complete (acknowledged, or its session discarded).
+    pub fn journal_done(&self, session: &Session, f: &InFlight) {
+        let Some(durable) = &self.durable else { return };
+        let d = &f.delivery;
+        if d.seq == 0 {
+            return;
+        }
+        durable.delete(Key::Queue(session.id(), d.seq));
+        durable.drop_ref(&d.msg);
+    }
+
+    /// An inbound QoS 2 packet id of a journaled session starts or stops awaiting PUBREL.
+    pub fn journal_awaiting(&self, session: &Session, pkid: u16, awaiting: bool) {
+        let Some(d) = &self.durable else { return };
+        if !session.is_journaled() {
+            return;
+        }
+        if awaiting {
+            d.put(Key::Awaiting(session.id(), pkid), Value::Awaiting, true);
+        } else {
+            d.delete(Key::Awaiting(session.id(), pkid));
         }
     }
 
@@ -556,6 +753,19 @@ impl Broker {
             cluster.update_gauges();
         }
         m.render()
+    }
+}
+
+/// Mirrors a change of the retained trie (made under its shard lock, so in memory's order).
+fn journal_retained(d: &Durable, change: crate::router::retained::Change<'_>) {
+    use crate::router::retained::Change;
+    match change {
+        Change::Stored(m) => d.put(
+            Key::Retained(m.topic.clone()),
+            Value::Retained(m.clone()),
+            false,
+        ),
+        Change::Deleted(topic) => d.delete(Key::Retained(topic.to_owned())),
     }
 }
 

@@ -20,6 +20,7 @@ pub mod connection;
 pub mod http;
 pub mod message;
 pub mod metrics;
+pub mod persist;
 pub mod router;
 pub mod server;
 pub mod session;

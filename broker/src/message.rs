@@ -24,6 +24,9 @@ pub struct Message {
     /// For retained messages: when the broker read it, in milliseconds since the Unix epoch,
     /// which orders the copies cluster nodes hold (0 for other messages).
     pub stamp: u64,
+    /// Its id and reference count in the durable store, once a persistent session's queue
+    /// holds it (see `persist`).
+    pub durable: crate::persist::DurableRef,
 }
 
 /// Milliseconds since the Unix epoch.
@@ -44,6 +47,7 @@ impl Message {
             retain,
             received_at: Instant::now(),
             stamp: if retain { now_millis() } else { 0 },
+            durable: Default::default(),
         })
     }
 }
@@ -58,4 +62,23 @@ pub struct Delivery {
     /// RETAIN flag on the wire: set only for retained messages sent because of a new
     /// subscription [MQTT-3.3.1-8/9].
     pub retain: bool,
+    /// Its sequence number in a persistent session's durable queue (`Q` key); 0 when it is not
+    /// stored (QoS 0, a clean session, or no durable store).
+    pub seq: u64,
+    /// Sent with DUP even the first time: it may have been sent before a crash (recovered
+    /// from the queue of a session that was connected when the broker died).
+    pub dup: bool,
+}
+
+impl Delivery {
+    /// A delivery that is not (yet) in a durable queue.
+    pub fn new(msg: Arc<Message>, qos: QoS, retain: bool) -> Delivery {
+        Delivery {
+            msg,
+            qos,
+            retain,
+            seq: 0,
+            dup: false,
+        }
+    }
 }

@@ -58,6 +58,8 @@ pub struct Dropped {
     pub acl: IntCounter,
     /// Queued for an offline session that expired.
     pub expired: IntCounter,
+    /// For a persistent session while the durable store refused new changes (disk full).
+    pub disk_full: IntCounter,
 }
 
 /// ACL denials by action.
@@ -109,6 +111,46 @@ pub struct ClusterMetrics {
     pub links_refused: IntCounterVec,
 }
 
+/// Changes to the durable state by what they did to the pending set.
+#[derive(Debug, Clone)]
+pub struct PersistChanges {
+    /// A new pending write or delete.
+    pub added: IntCounter,
+    /// Replaced a pending change of the same key.
+    pub replaced: IntCounter,
+    /// Cancelled a pending write before it reached the disk (written and deleted in one
+    /// commit interval).
+    pub netted: IntCounter,
+}
+
+/// Keys written to the store by the commits.
+#[derive(Debug, Clone)]
+pub struct PersistWritten {
+    /// Keys written.
+    pub puts: IntCounter,
+    /// Keys deleted.
+    pub deletes: IntCounter,
+}
+
+/// The durable store (all at 0 without `persistence.dir`).
+#[derive(Debug, Clone)]
+pub struct PersistMetrics {
+    /// Changes by effect.
+    pub changes: PersistChanges,
+    /// What the commits wrote.
+    pub written: PersistWritten,
+    /// Bytes of keys and values the commits handed to the store.
+    pub bytes_written: IntCounter,
+    /// Commits.
+    pub commits: IntCounter,
+    /// Commits that failed (retried).
+    pub commit_errors: IntCounter,
+    /// Time per commit, fsync included.
+    pub commit_seconds: Histogram,
+    /// Disk space of the store.
+    pub disk_bytes: IntGauge,
+}
+
 /// `cluster_links_refused_total` reasons.
 pub const LINK_REFUSED_REASONS: [&str; 4] = ["auth", "version", "handshake", "tls"];
 
@@ -154,6 +196,8 @@ pub struct Metrics {
     pub state: State,
     /// The cluster.
     pub cluster: ClusterMetrics,
+    /// The durable store.
+    pub persist: PersistMetrics,
 }
 
 /// Registers `metric` on `registry`. The definitions are constants of this file, so a failure
@@ -219,6 +263,7 @@ impl Metrics {
                 "sys_topic",
                 "acl",
                 "expired",
+                "disk_full",
             ],
         );
         let acl_vec = counter_vec(
@@ -233,6 +278,31 @@ impl Metrics {
             "reason",
             &["queue_full", "peer_gone"],
         );
+        let persist_changes = counter_vec(
+            "persist_changes_total",
+            "Changes to the durable state, by effect on the pending set (added, replaced, \
+             netted: written and deleted within one commit, never reaching the disk).",
+            "effect",
+            &["added", "replaced", "netted"],
+        );
+        let persist_written = counter_vec(
+            "persist_written_total",
+            "Keys the durable store's commits wrote, by operation (put, delete).",
+            "op",
+            &["put", "delete"],
+        );
+        let commit_seconds = Histogram::with_opts(
+            HistogramOpts::new(
+                "persist_commit_seconds",
+                "Time per commit of the durable store, fsync included.",
+            )
+            .buckets(vec![
+                0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25,
+                0.5, 1.0,
+            ]),
+        )
+        .unwrap_or_else(|e| panic!("metric persist_commit_seconds: {e}"));
+        let commit_seconds = register(r, "persist_commit_seconds", commit_seconds);
         let by_qos = |v: &IntCounterVec| ["0", "1", "2"].map(|q| v.with_label_values(&[q]));
         let file_reloads = IntCounterVec::new(
             Opts::new(
@@ -322,6 +392,7 @@ impl Metrics {
                 sys_topic: dropped_vec.with_label_values(&["sys_topic"]),
                 acl: dropped_vec.with_label_values(&["acl"]),
                 expired: dropped_vec.with_label_values(&["expired"]),
+                disk_full: dropped_vec.with_label_values(&["disk_full"]),
             },
             retained_refused: counter(
                 "retained_refused_total",
@@ -369,6 +440,31 @@ impl Metrics {
                     "Inter-node connections refused, by reason.",
                     "reason",
                     &LINK_REFUSED_REASONS,
+                ),
+            },
+            persist: PersistMetrics {
+                changes: PersistChanges {
+                    added: persist_changes.with_label_values(&["added"]),
+                    replaced: persist_changes.with_label_values(&["replaced"]),
+                    netted: persist_changes.with_label_values(&["netted"]),
+                },
+                written: PersistWritten {
+                    puts: persist_written.with_label_values(&["put"]),
+                    deletes: persist_written.with_label_values(&["delete"]),
+                },
+                bytes_written: counter(
+                    "persist_bytes_written_total",
+                    "Bytes of keys and values the durable store's commits wrote.",
+                ),
+                commits: counter("persist_commits_total", "Commits of the durable store."),
+                commit_errors: counter(
+                    "persist_commit_errors_total",
+                    "Commits of the durable store that failed (and were retried).",
+                ),
+                commit_seconds,
+                disk_bytes: gauge(
+                    "persist_disk_bytes",
+                    "Disk space used by the durable store.",
                 ),
             },
             state: State {

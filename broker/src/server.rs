@@ -24,6 +24,7 @@ use crate::cluster::{Cluster, link};
 use crate::config::Config;
 use crate::connection::park::Parking;
 use crate::connection::{self, ConnInfo, ListenerKind};
+use crate::persist::Durable;
 use crate::session::{KickReason, Owner};
 use crate::transport::tls::{TlsAcceptor, TlsError};
 use crate::transport::{proxy, ws};
@@ -73,6 +74,10 @@ pub enum ServerError {
     /// The TLS certificate or key could not be loaded (the message names the key and file).
     #[error(transparent)]
     Tls(TlsError),
+    /// The durable store could not be opened or read (the message names the directory and
+    /// the record).
+    #[error(transparent)]
+    Persist(#[from] crate::persist::PersistError),
     /// Binding a listener failed.
     #[error("cannot listen on {addr} ({key}): {source}")]
     Bind {
@@ -203,7 +208,23 @@ impl Server {
             Some(port) => Some(bind_one("httpPort", &config.http_host, port.0).await?),
             None => None,
         };
-        let broker = Arc::new(Broker::new(config, acl, passwords));
+        // The durable store is read before anything listens: the broker serves what it had.
+        let metrics = crate::metrics::Metrics::new();
+        let durable = match &config.persistence.dir {
+            Some(dir) => Some(Durable::open(
+                &config.persistence,
+                dir,
+                metrics.persist.clone(),
+            )?),
+            None => None,
+        };
+        let broker = Arc::new(Broker::with_durable(
+            config,
+            acl,
+            passwords,
+            metrics,
+            durable.as_ref().map(|(d, _)| d.clone()),
+        ));
         let cluster = match config.cluster.port {
             Some(port) => {
                 let secret = crate::cluster::load_secret(config)?;
@@ -231,6 +252,11 @@ impl Server {
             }
             None => None,
         };
+        // After the cluster is installed, so that recovered subscriptions become routes.
+        if let Some((durable, recovered)) = durable {
+            crate::persist::restore::apply(&broker, &durable, recovered);
+            durable.start();
+        }
         Ok(Server {
             broker,
             cluster,
@@ -428,6 +454,10 @@ impl Server {
             );
         }
         sweeper.abort();
+        if let Some(durable) = &broker.durable {
+            // Every change made by the drained connections, synced whatever the policy.
+            durable.close();
+        }
         stopped.cancel();
         info!("broker stopped");
         Ok(())

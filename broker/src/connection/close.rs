@@ -181,6 +181,13 @@ impl Connection {
         crate::sys::publish_presence(&self.broker, &self.client_id, false);
         // Before the release: after it, the next owner may have registered its own waker.
         self.session.notify().clear();
+        if self.session.is_journaled() {
+            self.broker.journal_session(
+                &self.session,
+                &self.core,
+                Some(crate::message::now_millis()),
+            );
+        }
         let core = std::mem::take(&mut self.core);
         if let Some(discarded) = self
             .broker

@@ -5,12 +5,17 @@
 use super::{BATCH, Connection, HIGH_WATER, LATENCY_SAMPLE};
 use crate::codec::{self, Ack, QoS};
 use crate::message::Delivery;
+use crate::persist::record::QueueState;
 use crate::session::Awaiting;
 
 impl Connection {
     /// Moves deliveries from the inbox to the write queue while the in-flight window and the
     /// write queue have room.
     pub(super) fn pump(&mut self) {
+        if self.suback_held() {
+            // Retained messages of a new subscription must not overtake its SUBACK.
+            return;
+        }
         let max_inflight = self.broker.settings.max_inflight;
         loop {
             let mut budget = HIGH_WATER.saturating_sub(self.wq.len());
@@ -80,6 +85,10 @@ impl Connection {
                 None => return, // unreachable with a window below 65,535
             },
         };
+        if d.seq != 0 {
+            self.broker
+                .journal_progress(&self.session, &d, QueueState::Sent(pkid));
+        }
         let metrics = &self.broker.metrics;
         metrics.sent[d.qos as usize].inc();
         self.sent = self.sent.wrapping_add(1);
@@ -94,7 +103,7 @@ impl Connection {
             &msg.topic,
             d.qos,
             pkid,
-            false,
+            d.dup && d.qos != QoS::AtMostOnce,
             d.retain,
             msg.payload.len(),
         );

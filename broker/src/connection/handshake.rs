@@ -195,6 +195,12 @@ pub async fn accept(
         ip: info.peer.ip(),
     };
     session.set_access(identity.clone(), broker.client_acl(&identity));
+    if broker.durable.is_some() && !connect.clean_session {
+        // A persistent session is mirrored in the durable store from now on (a resumed one
+        // already is): its record carries this connection's identity.
+        session.set_journaled(true);
+        broker.journal_session(&session, &core, None);
+    }
     if present && broker.acl_enabled() {
         // A resumed session's subscriptions were classified for the previous connection's
         // identity (the address may differ): classify them again.

@@ -11,6 +11,7 @@ use crate::acl::SubscribeCheck;
 use crate::broker::{Broker, Congestion};
 use crate::codec::{self, Ack, Packet, Publish, QoS};
 use crate::message::Message;
+use crate::persist::record::QueueState;
 use crate::topic::{Shown, TopicError, parse_subscription, validate_name};
 
 impl Connection {
@@ -36,39 +37,67 @@ impl Connection {
         match packet {
             Packet::Publish(p) => self.on_publish(p),
             Packet::PubAck(pkid) => {
-                if !self.core.outbound.puback(pkid) {
-                    debug!(client_id = %self.client_id, pkid, "PUBACK for unknown packet id");
+                match self.core.outbound.puback(pkid) {
+                    Some(done) => self.broker.journal_done(&self.session, &done),
+                    None => {
+                        debug!(client_id = %self.client_id, pkid, "PUBACK for unknown packet id")
+                    }
                 }
                 Ok(())
             }
             Packet::PubRec(pkid) => {
-                if !self.core.outbound.pubrec(pkid) {
-                    debug!(client_id = %self.client_id, pkid, "PUBREC for unknown packet id");
+                match self.core.outbound.pubrec(pkid) {
+                    Some(f) => self.broker.journal_progress(
+                        &self.session,
+                        &f.delivery,
+                        QueueState::Released(pkid),
+                    ),
+                    None => {
+                        debug!(client_id = %self.client_id, pkid, "PUBREC for unknown packet id")
+                    }
                 }
                 codec::encode_ack(self.wq.buf(), Ack::PubRel, pkid);
                 Ok(())
             }
             Packet::PubComp(pkid) => {
-                if !self.core.outbound.pubcomp(pkid) {
-                    debug!(client_id = %self.client_id, pkid, "PUBCOMP for unknown packet id");
+                match self.core.outbound.pubcomp(pkid) {
+                    Some(done) => self.broker.journal_done(&self.session, &done),
+                    None => {
+                        debug!(client_id = %self.client_id, pkid, "PUBCOMP for unknown packet id")
+                    }
                 }
                 Ok(())
             }
             Packet::PubRel(pkid) => {
-                self.core.awaiting_rel.remove(&pkid);
-                codec::encode_ack(self.wq.buf(), Ack::PubComp, pkid);
+                let released = self.core.awaiting_rel.remove(&pkid);
+                if released {
+                    self.broker.journal_awaiting(&self.session, pkid, false);
+                }
+                // The id may be reused once PUBCOMP is out: the release must be stored first.
+                self.ack(
+                    Held::Ack(Ack::PubComp, pkid),
+                    released && self.session.is_journaled(),
+                );
                 Ok(())
             }
             Packet::Subscribe { pkid, filters } => self.on_subscribe(pkid, filters),
             Packet::Unsubscribe { pkid, filters } => {
+                let mut changed = false;
                 for raw in filters {
                     if self.core.subscriptions.remove(&raw).is_some() {
+                        changed = true;
                         if let Ok(sub) = parse_subscription(&raw, &self.broker.settings.topics) {
                             self.broker.unsubscribe(self.session.id(), &sub);
                         }
                     }
                 }
-                codec::encode_ack(self.wq.buf(), Ack::UnsubAck, pkid);
+                if changed {
+                    self.broker.journal_session(&self.session, &self.core, None);
+                }
+                self.ack(
+                    Held::Ack(Ack::UnsubAck, pkid),
+                    changed && self.session.is_journaled(),
+                );
                 Ok(())
             }
             Packet::PingReq => {
@@ -101,33 +130,35 @@ impl Connection {
         let session = &self.session;
         // A refused PUBLISH is still acknowledged as its QoS requires (hmq left QoS 1/2 publishes
         // unacknowledged, so clients retried forever), then dropped and counted.
-        let route = |broker: &Broker, p: Publish| -> Option<Congestion> {
+        let route = |broker: &Broker, p: Publish| -> (Option<Congestion>, bool) {
             if is_sys_topic(&p.topic) {
                 broker.metrics.dropped.sys_topic.inc();
                 debug!(topic = %Shown(&p.topic), "client PUBLISH to $SYS dropped");
-                return None;
+                return (None, false);
             }
             if !session.acl().can_publish(&p.topic) {
                 broker.metrics.dropped.acl.inc();
                 broker.metrics.acl_denied.publish.inc();
                 debug!(client_id = %session.client_id(), topic = %Shown(&p.topic), "PUBLISH denied by the ACL");
-                return None;
+                return (None, false);
             }
-            let (_, congested) = broker.publish(&Message::new(p.topic, p.payload, p.qos, p.retain));
+            let published = broker.publish(&Message::new(p.topic, p.payload, p.qos, p.retain));
             // Waiting for our own inbox would only wait for ourselves.
-            congested.filter(|c| !c.is_session(session.id()))
+            let congested = published.congested.filter(|c| !c.is_session(session.id()));
+            (congested, published.journaled)
         };
         let congested = match p.qos {
-            QoS::AtMostOnce => route(&self.broker, p),
+            QoS::AtMostOnce => route(&self.broker, p).0,
             QoS::AtLeastOnce => {
                 let pkid = p.pkid;
-                let congested = route(&self.broker, p);
-                codec::encode_ack(self.wq.buf(), Ack::PubAck, pkid);
+                let (congested, journaled) = route(&self.broker, p);
+                self.ack(Held::Ack(Ack::PubAck, pkid), journaled);
                 congested
             }
             QoS::ExactlyOnce => {
                 let pkid = p.pkid;
                 let mut congested = None;
+                let mut journaled = false;
                 if !self.core.awaiting_rel.contains(&pkid) {
                     if self.core.awaiting_rel.len() >= self.broker.settings.max_awaiting_rel {
                         return Err(Close::Limit(format!(
@@ -136,11 +167,16 @@ impl Connection {
                         )));
                     }
                     self.core.awaiting_rel.insert(pkid);
-                    congested = route(&self.broker, p);
+                    // Stored with the routed copies (same or earlier commit), so that a
+                    // retransmission after a restart is recognised, not routed again.
+                    self.broker.journal_awaiting(&self.session, pkid, true);
+                    let routed;
+                    (congested, routed) = route(&self.broker, p);
+                    journaled = routed || self.session.is_journaled();
                 }
                 // A retransmission of a message already received is acknowledged again, not
                 // routed again: exactly once.
-                codec::encode_ack(self.wq.buf(), Ack::PubRec, pkid);
+                self.ack(Held::Ack(Ack::PubRec, pkid), journaled);
                 congested
             }
         };
@@ -157,7 +193,8 @@ impl Connection {
         pkid: u16,
         filters: Vec<(String, QoS)>,
     ) -> Result<(), Close> {
-        let settings = &self.broker.settings;
+        let broker = self.broker.clone();
+        let settings = &broker.settings;
         let mut codes = Vec::with_capacity(filters.len());
         let mut granted = Vec::with_capacity(filters.len());
         let acl = self.session.acl();
@@ -193,13 +230,84 @@ impl Connection {
             granted.push((raw, qos, check));
         }
         drop(acl);
-        codec::encode_suback(self.wq.buf(), pkid, &codes);
+        let changed = !granted.is_empty();
+        if changed {
+            self.broker.journal_session(&self.session, &self.core, None);
+        }
+        self.ack(
+            Held::SubAck(pkid, codes),
+            changed && self.session.is_journaled(),
+        );
         for (raw, qos, check) in granted {
             if let Ok(sub) = parse_subscription(&raw, &settings.topics) {
                 self.broker.subscribe(&self.session, &sub, qos, check);
             }
         }
         Ok(())
+    }
+}
+
+/// An acknowledgement that may have to wait for the durable store (`sync: "always"`).
+#[derive(Debug)]
+pub(super) enum Held {
+    /// PUBACK, PUBREC, PUBCOMP or UNSUBACK.
+    Ack(Ack, u16),
+    /// SUBACK with its return codes.
+    SubAck(u16, Vec<u8>),
+}
+
+impl Connection {
+    /// Sends an acknowledgement now, or, with `sync: "always"` when it depends on a change of
+    /// the durable state (`journaled`) or an earlier one is still waiting, once the commit
+    /// that holds the change is done. Acknowledgements keep their order.
+    pub(super) fn ack(&mut self, ack: Held, journaled: bool) {
+        let ticket = match &self.broker.durable {
+            Some(d) if d.acks_wait() && (journaled || !self.held.is_empty()) => {
+                if journaled {
+                    d.ticket()
+                } else {
+                    0
+                }
+            }
+            _ => {
+                write_ack(self.wq.buf(), &ack);
+                return;
+            }
+        };
+        self.held.push_back((ticket, ack));
+    }
+
+    /// Sends the acknowledgements whose changes are durable now; registers for a wake-up for
+    /// the next one.
+    pub(super) fn release_held(&mut self) {
+        let Some(d) = self.broker.durable.clone() else {
+            return;
+        };
+        while let Some((ticket, _)) = self.held.front() {
+            if *ticket != 0 && !d.is_durable(*ticket) {
+                if self.held_wake != *ticket {
+                    self.held_wake = *ticket;
+                    d.wake_when_durable(*ticket, &self.session);
+                }
+                return;
+            }
+            if let Some((_, ack)) = self.held.pop_front() {
+                write_ack(self.wq.buf(), &ack);
+            }
+        }
+    }
+
+    /// Whether a SUBACK is waiting: deliveries wait behind it (retained messages of a new
+    /// subscription must not overtake its SUBACK).
+    pub(super) fn suback_held(&self) -> bool {
+        self.held.iter().any(|(_, a)| matches!(a, Held::SubAck(..)))
+    }
+}
+
+fn write_ack(buf: &mut bytes::BytesMut, ack: &Held) {
+    match ack {
+        Held::Ack(kind, pkid) => codec::encode_ack(buf, *kind, *pkid),
+        Held::SubAck(pkid, codes) => codec::encode_suback(buf, *pkid, codes),
     }
 }
 

@@ -289,6 +289,8 @@ where
         pressure: None,
         client_slow: false,
         sent: 0,
+        held: Default::default(),
+        held_wake: 0,
     };
     broker
         .metrics
@@ -349,6 +351,11 @@ struct Connection {
     client_slow: bool,
     /// Deliveries sent, to sample one in `LATENCY_SAMPLE` for the latency histogram.
     sent: u32,
+    /// Acknowledgements waiting for the durable store (`sync: "always"`), oldest first, with
+    /// the epoch each waits for (0: none, only behind an earlier one).
+    held: std::collections::VecDeque<(u64, inbound::Held)>,
+    /// The epoch a wake-up is registered for (see `release_held`).
+    held_wake: u64,
 }
 
 /// A connection without a task: its socket and what of its [`Connection`] outlives the task.
@@ -426,6 +433,8 @@ impl Connection {
             pressure: None,
             client_slow: false,
             sent: u32::from(p.sent),
+            held: Default::default(),
+            held_wake: 0,
         };
         (conn, p.stream)
     }
@@ -434,6 +443,7 @@ impl Connection {
     /// nobody waited for, no kick.
     fn is_idle(&self, rbuf: &BytesMut) -> bool {
         self.wq.is_empty()
+            && self.held.is_empty()
             && rbuf.is_empty()
             && self.pressure.is_none()
             && !self.session.notify().is_pending()
@@ -481,6 +491,7 @@ impl Connection {
         if let Err(why) = self.handle_buffered(rbuf) {
             return Run::Close(why);
         }
+        self.release_held();
         if rbuf.is_empty() {
             *rbuf = BytesMut::new();
         }
@@ -508,6 +519,8 @@ impl Connection {
                 },
                 _ = session.notify().wait() => {
                     active = true;
+                    // Also how the durable store says acknowledgements may go out.
+                    self.release_held();
                     // Also how a subscriber we wait for says it has drained.
                     if let Some(c) = &self.pressure {
                         // Woken by the subscriber (drained, went away, or its client became
@@ -533,6 +546,7 @@ impl Connection {
                     if let Err(why) = self.handle_buffered(rbuf) {
                         return Run::Close(why);
                     }
+                    self.release_held();
                     if rbuf.is_empty() && n < SMALL_READ {
                         // Light traffic: give the buffer back, so that an idle connection holds
                         // none (the next read starts in a stack buffer, see `read_some`).

@@ -97,6 +97,15 @@ pub struct RetainedStore {
     max: usize,
 }
 
+/// A change of the retained trie, for whoever mirrors it.
+#[derive(Debug)]
+pub enum Change<'a> {
+    /// The topic's retained message is now this one.
+    Stored(&'a Arc<Message>),
+    /// The topic has no retained message any more.
+    Deleted(&'a str),
+}
+
 impl RetainedStore {
     /// An empty store holding at most `max` messages (0 = unlimited).
     pub fn new(shards: usize, max: usize) -> RetainedStore {
@@ -125,24 +134,45 @@ impl RetainedStore {
 
     /// Stores `msg` as the retained message of its topic, or deletes it if the payload is empty.
     pub fn set(&self, msg: &Arc<Message>) -> Retained {
-        self.set_inner(msg, true, false)
+        self.set_inner(msg, true, false, &mut |_| {})
+    }
+
+    /// Like `set`, and calls `on_change` with what changed, under the lock that orders the
+    /// changes of that topic (the durable store mirrors them in the same order).
+    pub fn set_with(&self, msg: &Arc<Message>, mut on_change: impl FnMut(Change<'_>)) -> Retained {
+        self.set_inner(msg, true, false, &mut on_change)
     }
 
     /// Like `set`, but never refused for the limit (for the broker's own `$SYS` topics).
     pub fn set_unbounded(&self, msg: &Arc<Message>) -> Retained {
-        self.set_inner(msg, false, false)
+        self.set_inner(msg, false, false, &mut |_| {})
     }
 
     /// Stores `msg` unless its topic holds a message at least as recent (by `stamp`); an empty
     /// payload is ignored. For the retained messages cluster nodes exchange when a link comes up.
     pub fn set_if_newer(&self, msg: &Arc<Message>) -> Retained {
+        self.set_if_newer_with(msg, |_| {})
+    }
+
+    /// `set_if_newer` with the `on_change` of `set_with`.
+    pub fn set_if_newer_with(
+        &self,
+        msg: &Arc<Message>,
+        mut on_change: impl FnMut(Change<'_>),
+    ) -> Retained {
         if msg.payload.is_empty() {
             return Retained::Deleted;
         }
-        self.set_inner(msg, true, true)
+        self.set_inner(msg, true, true, &mut on_change)
     }
 
-    fn set_inner(&self, msg: &Arc<Message>, bounded: bool, only_newer: bool) -> Retained {
+    fn set_inner(
+        &self,
+        msg: &Arc<Message>,
+        bounded: bool,
+        only_newer: bool,
+        on_change: &mut dyn FnMut(Change<'_>),
+    ) -> Retained {
         let levels: smallvec::SmallVec<[&str; 16]> = msg.topic.split('/').collect();
         let mut shard = self.shard(levels[0]).write();
         if only_newer {
@@ -155,6 +185,7 @@ impl RetainedStore {
         if msg.payload.is_empty() {
             if shard.take(&levels).is_some() {
                 self.count.fetch_sub(1, Ordering::Relaxed);
+                on_change(Change::Deleted(&msg.topic));
             }
             return Retained::Deleted;
         }
@@ -169,6 +200,7 @@ impl RetainedStore {
             self.count.fetch_add(1, Ordering::Relaxed);
         }
         *slot = Some(msg.clone());
+        on_change(Change::Stored(msg));
         Retained::Stored
     }
 

@@ -29,6 +29,9 @@ use std::time::Instant;
 use crate::acl::{self, ClientAcl};
 use crate::codec::QoS;
 use crate::message::Delivery;
+use crate::persist::Durable;
+use crate::persist::journal::Value;
+use crate::persist::record::{Key, QueueRecord, QueueState};
 
 /// Messages waiting to be sent to one client.
 #[derive(Debug, Default)]
@@ -36,6 +39,8 @@ pub struct Inbox {
     queue: VecDeque<Delivery>,
     /// QoS 0 entries in `queue`, so eviction knows without scanning whether one exists.
     qos0: usize,
+    /// The last sequence number given to a delivery stored in the durable queue.
+    last_seq: u64,
 }
 
 impl Inbox {
@@ -52,6 +57,25 @@ impl Inbox {
     /// The next message to send.
     pub fn front(&self) -> Option<&Delivery> {
         self.queue.front()
+    }
+
+    /// Takes everything (a discarded session's queue).
+    pub fn drain(&mut self) -> Vec<Delivery> {
+        self.qos0 = 0;
+        self.queue.drain(..).collect()
+    }
+
+    /// Restores a delivery read back from the durable store, at the end, keeping its sequence
+    /// number.
+    pub fn restore(&mut self, d: Delivery) {
+        self.last_seq = self.last_seq.max(d.seq);
+        self.push(d);
+    }
+
+    /// The sequence numbers of durable deliveries continue after `seq` (the largest one the
+    /// store holds for this session, in flight ones included).
+    pub fn continue_after(&mut self, seq: u64) {
+        self.last_seq = self.last_seq.max(seq);
     }
 
     /// Takes the next message to send.
@@ -108,6 +132,9 @@ pub enum Enqueued {
     DroppedQueueFull,
     /// Dropped: QoS 0 for an offline session, not queued by configuration.
     DroppedOffline,
+    /// Dropped: the session is persistent and the durable store refuses new changes (disk
+    /// full, or the store failing).
+    DroppedDiskFull,
 }
 
 /// Inbox length from which a connected subscriber whose connection can still send counts as
@@ -349,6 +376,9 @@ pub struct Session {
     /// Wakes the owning connection (inbox no longer empty; a subscriber it waits for drained).
     notify: Signal,
     online: AtomicBool,
+    /// Its state is mirrored in the durable store (a persistent session on a broker with
+    /// `persistence.dir`); cleared when it is discarded.
+    journaled: AtomicBool,
     control: Mutex<Control>,
     /// This client's compiled ACL: read per message by the client's own task (publish) and by
     /// publishers (delivery through a subscription that needs a per-message check).
@@ -378,6 +408,7 @@ impl Session {
             inbox: Mutex::new(Inbox::default()),
             notify: Signal::default(),
             online: AtomicBool::new(false),
+            journaled: AtomicBool::new(false),
             control: Mutex::new(Control {
                 core: Some(Box::default()),
                 owner: None,
@@ -527,11 +558,43 @@ impl Session {
         self.online.store(online, Ordering::Relaxed);
     }
 
-    /// Offers a message. Never blocks on the client: a full queue drops (and says so).
-    pub fn deliver(&self, d: Delivery, policy: QueuePolicy) -> Enqueued {
+    /// Whether the session's state is mirrored in the durable store.
+    pub fn is_journaled(&self) -> bool {
+        self.journaled.load(Ordering::Acquire)
+    }
+
+    /// Marks the session mirrored in the durable store, or no longer (discarded).
+    pub fn set_journaled(&self, on: bool) {
+        self.journaled.store(on, Ordering::Release);
+    }
+
+    /// Whether the session is kept after its connection ends (clean session 0).
+    pub fn is_persistent(&self) -> bool {
+        self.control.lock().persistent
+    }
+
+    /// Whether a delivery of `qos` to this session would be stored in `durable`.
+    pub fn journals(&self, qos: QoS, durable: Option<&Durable>) -> bool {
+        durable.is_some() && qos != QoS::AtMostOnce && self.is_journaled()
+    }
+
+    /// Offers a message. Never blocks on the client: a full queue drops (and says so). With
+    /// a durable store and a persistent session, a QoS 1/2 message is also written to the
+    /// session's durable queue, under the inbox lock so that the store sees it before the
+    /// connection can send and acknowledge it.
+    pub fn deliver(
+        &self,
+        mut d: Delivery,
+        policy: QueuePolicy,
+        durable: Option<&Durable>,
+    ) -> Enqueued {
         let online = self.is_online();
         if !online && d.qos == QoS::AtMostOnce && !policy.qos0_offline {
             return Enqueued::DroppedOffline;
+        }
+        let journal = durable.filter(|_| self.journals(d.qos, durable));
+        if journal.is_some_and(Durable::is_refusing) {
+            return Enqueued::DroppedDiskFull;
         }
         let mut inbox = self.inbox.lock();
         let mut outcome = Enqueued::Queued;
@@ -541,6 +604,21 @@ impl Session {
             } else {
                 return Enqueued::DroppedQueueFull;
             }
+        }
+        if let Some(j) = journal {
+            inbox.last_seq += 1;
+            d.seq = inbox.last_seq;
+            let pid = j.add_ref(&d.msg);
+            j.put(
+                Key::Queue(self.id, d.seq),
+                Value::Queue(QueueRecord {
+                    message: pid,
+                    qos: d.qos as u8,
+                    retain: d.retain,
+                    state: QueueState::Queued,
+                }),
+                true,
+            );
         }
         let was_empty = inbox.is_empty();
         inbox.push(d);
@@ -590,11 +668,11 @@ mod tests {
     use bytes::Bytes;
 
     fn d(qos: QoS, tag: &str) -> Delivery {
-        Delivery {
-            msg: Message::new(tag.into(), Bytes::new(), qos, false),
+        Delivery::new(
+            Message::new(tag.into(), Bytes::new(), qos, false),
             qos,
-            retain: false,
-        }
+            false,
+        )
     }
 
     const P: QueuePolicy = QueuePolicy {
@@ -611,23 +689,32 @@ mod tests {
     #[test]
     fn bounded_queue_evicts_oldest_qos0_first() {
         let s = online();
-        assert_eq!(s.deliver(d(QoS::AtLeastOnce, "a"), P), Enqueued::Queued);
-        assert_eq!(s.deliver(d(QoS::AtMostOnce, "b"), P), Enqueued::Queued);
-        assert_eq!(s.deliver(d(QoS::AtMostOnce, "c"), P), Enqueued::Queued);
         assert_eq!(
-            s.deliver(d(QoS::AtLeastOnce, "d"), P),
+            s.deliver(d(QoS::AtLeastOnce, "a"), P, None),
+            Enqueued::Queued
+        );
+        assert_eq!(
+            s.deliver(d(QoS::AtMostOnce, "b"), P, None),
+            Enqueued::Queued
+        );
+        assert_eq!(
+            s.deliver(d(QoS::AtMostOnce, "c"), P, None),
+            Enqueued::Queued
+        );
+        assert_eq!(
+            s.deliver(d(QoS::AtLeastOnce, "d"), P, None),
             Enqueued::QueuedEvictedQos0
         );
         assert_eq!(
-            s.deliver(d(QoS::AtLeastOnce, "e"), P),
+            s.deliver(d(QoS::AtLeastOnce, "e"), P, None),
             Enqueued::QueuedEvictedQos0
         );
         assert_eq!(
-            s.deliver(d(QoS::AtLeastOnce, "f"), P),
+            s.deliver(d(QoS::AtLeastOnce, "f"), P, None),
             Enqueued::DroppedQueueFull
         );
         assert_eq!(
-            s.deliver(d(QoS::AtMostOnce, "g"), P),
+            s.deliver(d(QoS::AtMostOnce, "g"), P, None),
             Enqueued::DroppedQueueFull
         );
         let mut inbox = s.inbox();
@@ -641,22 +728,28 @@ mod tests {
     fn offline_qos0_follows_policy() {
         let s = Session::new(1, "c".into(), true);
         assert_eq!(
-            s.deliver(d(QoS::AtMostOnce, "a"), P),
+            s.deliver(d(QoS::AtMostOnce, "a"), P, None),
             Enqueued::DroppedOffline
         );
-        assert_eq!(s.deliver(d(QoS::AtLeastOnce, "b"), P), Enqueued::Queued);
+        assert_eq!(
+            s.deliver(d(QoS::AtLeastOnce, "b"), P, None),
+            Enqueued::Queued
+        );
         let keep = QueuePolicy {
             qos0_offline: true,
             ..P
         };
-        assert_eq!(s.deliver(d(QoS::AtMostOnce, "c"), keep), Enqueued::Queued);
+        assert_eq!(
+            s.deliver(d(QoS::AtMostOnce, "c"), keep, None),
+            Enqueued::Queued
+        );
         assert_eq!(s.inbox().len(), 2);
     }
 
     #[test]
     fn requeue_front_keeps_order_and_counts() {
         let s = online();
-        s.deliver(d(QoS::AtMostOnce, "c"), P);
+        s.deliver(d(QoS::AtMostOnce, "c"), P, None);
         s.inbox()
             .requeue_front(vec![d(QoS::AtMostOnce, "a"), d(QoS::AtLeastOnce, "b")].into_iter());
         let mut inbox = s.inbox();

@@ -131,37 +131,70 @@ impl Outbound {
         Some(pkid)
     }
 
-    fn complete(&mut self, pkid: u16, awaiting: Awaiting) -> bool {
+    fn complete(&mut self, pkid: u16, awaiting: Awaiting) -> Option<InFlight> {
         if self.get_mut(pkid).is_some_and(|f| f.awaiting == awaiting) {
             let i = self.index(pkid);
-            self.slots[i] = None;
             self.len -= 1;
-            return true;
+            return self.slots[i].take();
         }
-        false
+        None
     }
 
-    /// Handles PUBACK: true if it completed a QoS 1 delivery.
-    pub fn puback(&mut self, pkid: u16) -> bool {
+    /// Handles PUBACK: the QoS 1 delivery it completed, if any.
+    pub fn puback(&mut self, pkid: u16) -> Option<InFlight> {
         self.complete(pkid, Awaiting::PubAck)
     }
 
-    /// Handles PUBREC: true if it moved a QoS 2 delivery to the PUBREL step. The caller sends
+    /// Handles PUBREC: the QoS 2 delivery it moved to the PUBREL step, if any. The caller sends
     /// PUBREL in either case ([MQTT-4.3.3-1] wants PUBREL for a PUBREC we know; for one we do
     /// not, answering PUBREL lets the client finish its flow).
-    pub fn pubrec(&mut self, pkid: u16) -> bool {
+    pub fn pubrec(&mut self, pkid: u16) -> Option<&InFlight> {
         match self.get_mut(pkid) {
             Some(f) if f.awaiting == Awaiting::PubRec => {
                 f.awaiting = Awaiting::PubComp;
-                true
+                Some(&*f)
             }
-            _ => false,
+            _ => None,
         }
     }
 
-    /// Handles PUBCOMP: true if it completed a QoS 2 delivery.
-    pub fn pubcomp(&mut self, pkid: u16) -> bool {
+    /// Handles PUBCOMP: the QoS 2 delivery it completed, if any.
+    pub fn pubcomp(&mut self, pkid: u16) -> Option<InFlight> {
         self.complete(pkid, Awaiting::PubComp)
+    }
+
+    /// Puts back a delivery that was in flight with `pkid` when the broker stopped (read from
+    /// the durable store), in the order of the calls. New ids continue after the last one.
+    /// Returns false if `pkid` is 0 or already in use (a damaged store).
+    pub fn restore(&mut self, pkid: u16, delivery: Delivery, awaiting: Awaiting) -> bool {
+        if pkid == 0 || self.get_mut(pkid).is_some() {
+            return false;
+        }
+        while self.slots.is_empty() || self.slots[self.index(pkid)].is_some() {
+            if self.slots.len() >= 1 << 16 {
+                return false;
+            }
+            self.grow();
+        }
+        self.seq += 1;
+        let i = self.index(pkid);
+        self.slots[i] = Some(InFlight {
+            pkid,
+            seq: self.seq,
+            delivery,
+            awaiting,
+        });
+        self.len += 1;
+        self.next_pkid = pkid;
+        true
+    }
+
+    /// Takes everything in flight (a discarded session's window).
+    pub fn drain(&mut self) -> Vec<InFlight> {
+        self.len = 0;
+        let mut all: Vec<InFlight> = self.slots.iter_mut().filter_map(Option::take).collect();
+        all.sort_unstable_by_key(|f| f.seq);
+        all
     }
 
     /// Everything in flight, in first-transmission order, for resending on reconnect.
@@ -185,11 +218,11 @@ mod tests {
     use proptest::prelude::*;
 
     fn d(qos: QoS, tag: &str) -> Delivery {
-        Delivery {
-            msg: Message::new(tag.into(), Bytes::new(), qos, false),
+        Delivery::new(
+            Message::new(tag.into(), Bytes::new(), qos, false),
             qos,
-            retain: false,
-        }
+            false,
+        )
     }
 
     #[test]
@@ -198,16 +231,16 @@ mod tests {
         let a = o.start(d(QoS::AtLeastOnce, "a")).unwrap();
         let b = o.start(d(QoS::ExactlyOnce, "b")).unwrap();
         assert_ne!(a, b);
-        assert!(!o.pubrec(a), "PUBREC for a QoS 1 id");
-        assert!(o.puback(a));
-        assert!(!o.puback(a), "second PUBACK");
-        assert!(!o.pubcomp(b), "PUBCOMP before PUBREC");
-        assert!(o.pubrec(b));
-        assert!(!o.pubrec(b));
+        assert!(o.pubrec(a).is_none(), "PUBREC for a QoS 1 id");
+        assert!(o.puback(a).is_some());
+        assert!(o.puback(a).is_none(), "second PUBACK");
+        assert!(o.pubcomp(b).is_none(), "PUBCOMP before PUBREC");
+        assert!(o.pubrec(b).is_some());
+        assert!(o.pubrec(b).is_none());
         assert_eq!(o.in_order()[0].1.awaiting, Awaiting::PubComp);
-        assert!(o.pubcomp(b));
+        assert!(o.pubcomp(b).is_some());
         assert!(o.is_empty());
-        assert!(!o.puback(9), "unknown id");
+        assert!(o.puback(9).is_none(), "unknown id");
     }
 
     #[test]
@@ -237,15 +270,39 @@ mod tests {
         for _ in 0..200_000 {
             let id = o.start(d(QoS::AtLeastOnce, "m")).unwrap();
             assert_ne!(id, stuck);
-            assert!(o.puback(id));
+            assert!(o.puback(id).is_some());
         }
         assert_eq!(o.len(), 1);
-        assert!(o.puback(stuck));
+        assert!(o.puback(stuck).is_some());
         assert!(
             o.slots.len() <= 16,
             "the table stays small: {}",
             o.slots.len()
         );
+    }
+
+    #[test]
+    fn restored_ids_keep_their_order_and_new_ids_follow() {
+        let mut o = Outbound::default();
+        assert!(o.restore(40_000, d(QoS::ExactlyOnce, "a"), Awaiting::PubComp));
+        assert!(o.restore(7, d(QoS::AtLeastOnce, "b"), Awaiting::PubAck));
+        assert!(
+            !o.restore(7, d(QoS::AtLeastOnce, "c"), Awaiting::PubAck),
+            "id in use"
+        );
+        assert!(
+            !o.restore(0, d(QoS::AtLeastOnce, "c"), Awaiting::PubAck),
+            "id 0"
+        );
+        let order: Vec<_> = o.in_order().into_iter().map(|(id, _)| id).collect();
+        assert_eq!(order, [40_000, 7]);
+        // New ids continue after the last restored one, skipping those in use (the slot of
+        // id 8 is taken by 40,000 in a table of 8).
+        let next = o.start(d(QoS::AtLeastOnce, "n")).unwrap();
+        assert!((8..=16).contains(&next) && next != 7, "{next}");
+        assert!(o.pubcomp(40_000).is_some());
+        assert_eq!(o.drain().len(), 2);
+        assert!(o.is_empty());
     }
 
     proptest! {
@@ -271,13 +328,13 @@ mod tests {
                             *model.keys().nth(usize::from(n) % model.len()).unwrap()
                         };
                         let want = model.get(&id).copied();
-                        let got_ack = o.puback(id);
+                        let got_ack = o.puback(id).is_some();
                         prop_assert_eq!(got_ack, want == Some(Awaiting::PubAck));
                         if got_ack { model.remove(&id); }
-                        let got_rec = o.pubrec(id);
+                        let got_rec = o.pubrec(id).is_some();
                         prop_assert_eq!(got_rec, want == Some(Awaiting::PubRec));
                         if got_rec { model.insert(id, Awaiting::PubComp); }
-                        if o.pubcomp(id) { prop_assert_eq!(model.remove(&id), Some(Awaiting::PubComp)); }
+                        if o.pubcomp(id).is_some() { prop_assert_eq!(model.remove(&id), Some(Awaiting::PubComp)); }
                     }
                 }
                 prop_assert_eq!(o.len(), model.len());

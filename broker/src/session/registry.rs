@@ -20,13 +20,21 @@ use super::store::SessionStore;
 use super::{KickReason, Owner, Session, SessionCore};
 use crate::codec::QoS;
 
-/// A session that no longer exists, with the subscriptions the router must forget.
+/// A session that no longer exists, with the state the router and the durable store must
+/// forget (its subscriptions, in-flight messages, QoS 2 ids awaiting PUBREL).
 #[derive(Debug)]
 pub struct Discarded {
     /// The session object (subscriptions in the router point at it).
     pub session: Arc<Session>,
+    /// Its state.
+    pub core: SessionCore,
+}
+
+impl Discarded {
     /// Its subscriptions.
-    pub subscriptions: BTreeMap<String, QoS>,
+    pub fn subscriptions(&self) -> &BTreeMap<String, QoS> {
+        &self.core.subscriptions
+    }
 }
 
 /// The outcome of a successful open.
@@ -119,6 +127,32 @@ impl Registry {
         self.store.get(client_id)
     }
 
+    /// The store the sessions are kept in.
+    pub fn store(&self) -> &dyn SessionStore {
+        self.store.as_ref()
+    }
+
+    /// Adds an offline persistent session read back from the durable store, with its state
+    /// parked in it, `offline_since` ago. Session ids handed out later are above its id.
+    pub fn restore(&self, session: Arc<Session>, core: SessionCore, offline_since: Instant) {
+        self.next_id.fetch_max(session.id() + 1, Ordering::Relaxed);
+        {
+            let mut c = session.control.lock();
+            c.core = Some(Box::new(core));
+            c.owner = None;
+            c.persistent = true;
+            c.offline_since = Some(offline_since);
+        }
+        session.online.store(false, Ordering::Relaxed);
+        // A store being read back holds one session per client id.
+        let _ = self.store.insert_new(session);
+    }
+
+    /// Starts handing out session ids at `next` or above (after recovery).
+    pub fn reserve_ids(&self, next: u64) {
+        self.next_id.fetch_max(next, Ordering::Relaxed);
+    }
+
     /// Opens the session for `client_id` on behalf of the connection `owner`, taking it over from
     /// a connected owner if needed (waiting at most `wait` for it to let go).
     pub async fn open(
@@ -165,7 +199,7 @@ impl Registry {
                         self.store.remove(&client_id, existing.id());
                         discarded = Some(Discarded {
                             session: existing,
-                            subscriptions: core.map(|c| c.subscriptions).unwrap_or_default(),
+                            core: core.map(|c| *c).unwrap_or_default(),
                         });
                     }
                     Step::Resume(core) => {
@@ -232,7 +266,7 @@ impl Registry {
                 self.store.remove(session.client_id(), session.id());
                 result = Some(Discarded {
                     session: session.clone(),
-                    subscriptions: core.subscriptions,
+                    core,
                 });
             }
         }
@@ -277,7 +311,7 @@ impl Registry {
         self.store.remove(s.client_id(), s.id());
         Some(Discarded {
             session: s,
-            subscriptions: core.map(|c| c.subscriptions).unwrap_or_default(),
+            core: core.map(|c| *c).unwrap_or_default(),
         })
     }
 
@@ -297,7 +331,7 @@ impl Registry {
                 self.store.remove(s.client_id(), s.id());
                 out.push(Discarded {
                     session: s,
-                    subscriptions: core.map(|c| c.subscriptions).unwrap_or_default(),
+                    core: core.map(|c| *c).unwrap_or_default(),
                 });
             }
         }
@@ -347,7 +381,7 @@ mod tests {
         let c = r.open("c".into(), true, o3.clone(), W).await.unwrap();
         assert!(!c.present);
         let d = c.discarded.expect("old session discarded");
-        assert_eq!(d.subscriptions.len(), 1);
+        assert_eq!(d.subscriptions().len(), 1);
         let gone = r
             .release(&c.session, c.core, &o3)
             .expect("clean session discarded");

@@ -75,11 +75,11 @@ impl TestBroker {
         }
     }
 
-    /// Scrapes a counter or gauge value (sum over labels matching `labels`, e.g. `reason="x"`).
+    /// Scrapes a counter or gauge value (sum over labels matching `labels`, e.g. `reason="x"`),
+    /// with the state gauges computed as for a real scrape.
     pub fn metric(&self, name: &str, labels: &str) -> f64 {
         self.broker
-            .metrics
-            .render()
+            .render_metrics()
             .lines()
             .filter(|l| !l.starts_with('#'))
             .filter(|l| {
@@ -410,6 +410,22 @@ impl Client {
                 Ok(r) => r.expect("read"),
             };
             assert!(n > 0, "connection closed while waiting for a packet");
+        }
+    }
+
+    /// The next packet within `d` (`Ok(None)` on timeout), or `Err(())` once the connection is
+    /// closed or broken: for tests where the broker may die.
+    pub async fn next_within(&mut self, d: Duration) -> Result<Option<Pkt>, ()> {
+        let deadline = tokio::time::Instant::now() + d;
+        loop {
+            if let Some(p) = decode(&mut self.buf) {
+                return Ok(Some(p));
+            }
+            match tokio::time::timeout_at(deadline, self.stream.read_buf(&mut self.buf)).await {
+                Err(_) => return Ok(None),
+                Ok(Ok(0)) | Ok(Err(_)) => return Err(()),
+                Ok(Ok(_)) => {}
+            }
         }
     }
 

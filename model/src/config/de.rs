@@ -10,7 +10,7 @@ use serde::Deserialize;
 use serde::de::value::MapAccessDeserializer;
 use serde::de::{Deserializer, MapAccess, Visitor};
 
-use super::{ClusterConfig, Config, TlsInfo};
+use super::{ClusterConfig, Config, PersistenceConfig, TlsInfo};
 
 /// `Option<String>` where `null` and `""` mean `None`.
 pub(crate) fn optional_string<'de, D: Deserializer<'de>>(
@@ -40,6 +40,13 @@ pub(crate) fn tls_info<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Tls
         deserializer,
         "an object with verify, caFile, certFile and keyFile",
     )
+}
+
+/// The `persistence` section, as an object only.
+pub(crate) fn persistence<'de, D: Deserializer<'de>>(
+    deserializer: D,
+) -> Result<PersistenceConfig, D::Error> {
+    object(deserializer, "an object of persistence keys")
 }
 
 /// The whole file, which must be one JSON object.

@@ -148,6 +148,64 @@ pub struct Config {
     /// Seconds a shutdown may take (draining clients included) before the remaining connections
     /// are closed at once and the broker exits; 1 to 3600. Default 25.
     pub shutdown_timeout: u64,
+    /// Durable state: where persistent sessions, their queued messages and retained messages
+    /// are kept across restarts. Default: in memory.
+    #[serde(deserialize_with = "de::persistence")]
+    pub persistence: PersistenceConfig,
+}
+
+/// When the durable store makes a change safe from a crash.
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SyncPolicy {
+    /// fsync before every acknowledgement that depends on it (PUBACK, PUBREC, PUBCOMP,
+    /// SUBACK): what the broker acknowledged survives a crash. Commits are grouped, so many
+    /// waiting publishers share one fsync.
+    Always,
+    /// Group commit every `syncIntervalMs`: a crash loses at most that window of changes.
+    #[default]
+    Interval,
+    /// Written to the operating system every `syncIntervalMs`, never fsynced: survives a
+    /// broker crash, not a machine crash.
+    None,
+}
+
+/// The `persistence` section.
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(
+    rename_all = "camelCase",
+    deny_unknown_fields,
+    default,
+    expecting = "an object of persistence keys"
+)]
+pub struct PersistenceConfig {
+    /// Directory of the durable store. Unset or "" = state in memory only (lost at every
+    /// restart, as Mosquitto without `persistence true`). Default unset.
+    #[serde(deserialize_with = "de::optional_path")]
+    pub dir: Option<PathBuf>,
+    /// "always", "interval" or "none" (see the documentation of each). Default "interval".
+    pub sync: SyncPolicy,
+    /// Milliseconds between group commits for "interval" and "none"; also the most an "always"
+    /// commit waits to gather more changes (never: it commits as soon as the previous one is
+    /// done). 1 to 60000. Default 10.
+    pub sync_interval_ms: u64,
+    /// Disk space the store may use, in bytes; when it is reached, new messages for persistent
+    /// sessions are refused (dropped, counted, logged) until space is freed. 0 = no limit.
+    /// Default 0.
+    pub max_disk_bytes: u64,
+}
+
+impl Default for PersistenceConfig {
+    fn default() -> Self {
+        PersistenceConfig {
+            dir: None,
+            sync: SyncPolicy::Interval,
+            sync_interval_ms: 10,
+            max_disk_bytes: 0,
+        }
+    }
 }
 
 /// How log lines are written.
@@ -296,6 +354,7 @@ impl Default for Config {
             log_format: LogFormat::Text,
             drain_rate: 500,
             shutdown_timeout: 25,
+            persistence: PersistenceConfig::default(),
         }
     }
 }

@@ -568,3 +568,64 @@ fn validate_alone_names_the_key_without_origin() {
     let err = config.validate().unwrap_err();
     assert_eq!(err.to_string(), "acl: requires aclConf (the ACL file)");
 }
+
+#[test]
+fn persistence_keys() {
+    let d = Config::default().persistence;
+    assert_eq!(
+        (d.dir, d.sync, d.sync_interval_ms, d.max_disk_bytes),
+        (None, SyncPolicy::Interval, 10, 0)
+    );
+    let c = parse(
+        r#"{"persistence": {"dir": "/var/lib/hmq", "sync": "always", "syncIntervalMs": 5,
+            "maxDiskBytes": 1073741824}}"#,
+    )
+    .unwrap();
+    assert_eq!(
+        c.persistence.dir.as_deref(),
+        Some(Path::new("/var/lib/hmq"))
+    );
+    assert_eq!(c.persistence.sync, SyncPolicy::Always);
+    assert_eq!(c.persistence.max_disk_bytes, 1 << 30);
+    assert_eq!(
+        parse(r#"{"persistence": {"dir": ""}}"#)
+            .unwrap()
+            .persistence
+            .dir,
+        None
+    );
+    assert_eq!(
+        parse(r#"{"persistence": {"sync": "none"}}"#)
+            .unwrap()
+            .persistence
+            .sync,
+        SyncPolicy::None
+    );
+    for (text, key) in [
+        (
+            r#"{"persistence": {"sync": "sometimes"}}"#,
+            "persistence.sync",
+        ),
+        (
+            r#"{"persistence": {"syncIntervalMs": 0}}"#,
+            "persistence.syncIntervalMs",
+        ),
+        (
+            r#"{"persistence": {"syncIntervalMs": 60001}}"#,
+            "persistence.syncIntervalMs",
+        ),
+        (
+            r#"{"persistence": {"maxDiskBytes": -1}}"#,
+            "persistence.maxDiskBytes",
+        ),
+        (
+            r#"{"persistence": {"syncInterval": 5}}"#,
+            "persistence.syncInterval",
+        ),
+        (r#"{"persistence": "/var/lib/hmq"}"#, "persistence"),
+    ] {
+        let e = parse(text).unwrap_err();
+        assert_eq!(e.key.as_deref(), Some(key), "{text}: {e}");
+        assert_eq!(e.line, Some(1), "{text}: {e}");
+    }
+}

@@ -325,6 +325,20 @@ fn check_limits(config: &Config) -> Result<(), ConfigError> {
         Some(MAX_SESSION_EXPIRY),
     )?;
     in_range("shutdownTimeout", config.shutdown_timeout, 1, Some(3600))?;
+    in_range(
+        "persistence.syncIntervalMs",
+        config.persistence.sync_interval_ms,
+        1,
+        Some(60_000),
+    )?;
+    if let Some(dir) = &config.persistence.dir {
+        if dir.as_os_str().to_string_lossy().contains('\0') {
+            return Err(ConfigError::for_key(
+                "persistence.dir",
+                "must not contain a NUL character",
+            ));
+        }
+    }
     Ok(())
 }
 
