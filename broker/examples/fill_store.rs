@@ -55,6 +55,7 @@ fn main() {
             username: None,
             ip: Some("127.0.0.1".into()),
             offline_since_ms: Some(now_ms),
+            claim: 0,
         };
         batch.push((Key::Session(sid).encode(), Some(record::encode(&record))));
         if batch.len() >= 20_000 {

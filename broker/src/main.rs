@@ -68,9 +68,15 @@ fn main() -> ExitCode {
 }
 
 /// Log level: `RUST_LOG` if set, else debug with `-d`/`-D`/`"debug": true`, else info. Format:
-/// text, or one JSON object per line with `logFormat: "json"` / `--log-format json`.
+/// text, or one JSON object per line with `logFormat: "json"` / `--log-format json`. The durable
+/// store's own crates log their internals at info (files recovered, tables flushed): they are
+/// kept at warn unless `RUST_LOG` asks for more; hmq logs what matters to an operator itself.
 fn init_tracing(config: &Config) {
-    let default = if config.debug { "debug" } else { "info" };
+    let default = if config.debug {
+        "debug,fjall=info,lsm_tree=info"
+    } else {
+        "info,fjall=warn,lsm_tree=warn"
+    };
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
