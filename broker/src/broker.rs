@@ -389,6 +389,7 @@ impl Broker {
             received_at: std::time::Instant::now(),
             stamp: f.stamp,
             durable: Default::default(),
+            mid: f.mid,
         });
         if msg.retain {
             self.store_retained(&msg);
@@ -407,6 +408,7 @@ impl Broker {
             received_at: std::time::Instant::now(),
             stamp: f.stamp,
             durable: Default::default(),
+            mid: f.mid,
         });
         let durable = self.durable.as_deref();
         let outcome = self.retained.set_if_newer_with(&msg, |change| {
@@ -453,37 +455,53 @@ impl Broker {
         let policy = self.settings.queue;
         let dropped = &self.metrics.dropped;
         let durable = self.durable.as_deref();
-        let n = self
-            .router
-            .route_with(&msg.topic, plain, group, |session, granted, check| {
-                if check && !session.acl().can_receive(&msg.topic) {
-                    self.metrics.acl_denied.receive.inc();
-                    return;
-                }
-                let qos = msg.qos.min(granted);
-                let journals = session.journals(qos, durable);
-                match session.deliver(Delivery::new(msg.clone(), qos, false), policy, durable) {
-                    Enqueued::Queued => journaled |= journals,
-                    Enqueued::Congested => {
-                        journaled |= journals;
-                        let slot = if session.client_slow() {
-                            &mut slow
-                        } else {
-                            &mut behind
-                        };
-                        if slot.is_none() {
-                            *slot = Some(session.clone());
+        let n =
+            self.router
+                .route_with(&msg.topic, plain, group, |session, granted, check| {
+                    if check && !session.acl().can_receive(&msg.topic) {
+                        self.metrics.acl_denied.receive.inc();
+                        return;
+                    }
+                    let qos = msg.qos.min(granted);
+                    if session.is_arriving() {
+                        // Moved here moments ago: this message may have come through its old node too.
+                        if let Some(c) = self.cluster.get() {
+                            if c.seen_moved(session.id(), msg.mid) {
+                                return;
+                            }
                         }
                     }
-                    Enqueued::QueuedEvictedQos0 => {
-                        journaled |= journals;
-                        dropped.queue_full.inc()
+                    let journals = session.journals(qos, durable);
+                    match session.deliver(Delivery::new(msg.clone(), qos, false), policy, durable) {
+                        Enqueued::Queued => journaled |= journals,
+                        Enqueued::Congested => {
+                            journaled |= journals;
+                            let slot = if session.client_slow() {
+                                &mut slow
+                            } else {
+                                &mut behind
+                            };
+                            if slot.is_none() {
+                                *slot = Some(session.clone());
+                            }
+                        }
+                        Enqueued::QueuedEvictedQos0 => {
+                            journaled |= journals;
+                            dropped.queue_full.inc()
+                        }
+                        Enqueued::DroppedQueueFull => dropped.queue_full.inc(),
+                        Enqueued::DroppedOffline => dropped.offline_qos0.inc(),
+                        Enqueued::DroppedDiskFull => self.count_disk_full(session),
+                        Enqueued::Moved => {
+                            let sent = self.cluster.get().is_some_and(|c| {
+                                crate::cluster::moves::forward(c, session, msg, qos)
+                            });
+                            if !sent {
+                                dropped.no_subscriber.inc();
+                            }
+                        }
                     }
-                    Enqueued::DroppedQueueFull => dropped.queue_full.inc(),
-                    Enqueued::DroppedOffline => dropped.offline_qos0.inc(),
-                    Enqueued::DroppedDiskFull => self.count_disk_full(session),
-                }
-            });
+                });
         let congested = match (behind, slow) {
             (Some(session), _) => Some(Congestion {
                 on: CongestedOn::Session(session),
@@ -608,24 +626,32 @@ impl Broker {
             }
         }
         let Discarded { session, mut core } = discarded;
-        if let Some(d) = &self.durable {
-            if session.is_journaled() {
-                // First: a publisher that looks after this no longer writes to the store.
-                session.set_journaled(false);
-                let sid = session.id();
-                d.delete(Key::Session(sid));
-                let queued = session.inbox().drain();
-                for q in queued.iter().filter(|q| q.seq != 0) {
-                    d.delete(Key::Queue(sid, q.seq));
-                    d.drop_ref(&q.msg);
-                }
-                for f in core.outbound.drain() {
-                    self.journal_done(&session, &f);
-                }
-                for pkid in std::mem::take(&mut core.awaiting_rel) {
-                    d.delete(Key::Awaiting(sid, pkid));
-                }
-            }
+        let queued = session.inbox().drain();
+        self.forget_durable(&session, &mut core, &queued);
+    }
+
+    /// Deletes a session's durable state (its record, queue, in-flight messages and QoS 2
+    /// ids): it was discarded, or it moved to another node (`queued`: its queue, taken out).
+    pub fn forget_durable(&self, session: &Session, core: &mut SessionCore, queued: &[Delivery]) {
+        let Some(d) = &self.durable else { return };
+        if !session.is_journaled() {
+            return;
+        }
+        // First: a publisher that looks after this no longer writes to the store.
+        session.set_journaled(false);
+        let sid = session.id();
+        d.delete(Key::Session(sid));
+        let mut rest = session.inbox().drain();
+        rest.extend_from_slice(queued);
+        for q in rest.iter().filter(|q| q.seq != 0) {
+            d.delete(Key::Queue(sid, q.seq));
+            d.drop_ref(&q.msg);
+        }
+        for f in core.outbound.drain() {
+            self.journal_done(session, &f);
+        }
+        for pkid in std::mem::take(&mut core.awaiting_rel) {
+            d.delete(Key::Awaiting(sid, pkid));
         }
     }
 
@@ -654,6 +680,7 @@ impl Broker {
                 .and_then(|w| w.username.as_deref().map(str::to_owned)),
             ip: who.map(|w| w.ip.to_string()),
             offline_since_ms,
+            claim: session.claim(),
         };
         d.put(
             Key::Session(session.id()),

@@ -27,6 +27,8 @@ pub struct Message {
     /// Its id and reference count in the durable store, once a persistent session's queue
     /// holds it (see `persist`).
     pub durable: crate::persist::DurableRef,
+    /// Its cluster-wide id, given where it was published (see `next_mid`).
+    pub mid: (u64, u64),
 }
 
 /// Milliseconds since the Unix epoch.
@@ -48,8 +50,43 @@ impl Message {
             received_at: Instant::now(),
             stamp: if retain { now_millis() } else { 0 },
             durable: Default::default(),
+            mid: next_mid(),
         })
     }
+}
+
+/// This process's part of message ids: its start time in ns (distinct across restarts and,
+/// practically, across nodes).
+static ORIGIN: std::sync::LazyLock<u64> = std::sync::LazyLock::new(|| {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or_default()
+});
+
+/// Message ids handed to threads in blocks, so that a thread takes one from a shared counter
+/// only every `MID_BLOCK` messages.
+static NEXT_BLOCK: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+const MID_BLOCK: u64 = 1024;
+
+thread_local! {
+    static MIDS: std::cell::Cell<(u64, u64)> = const { std::cell::Cell::new((0, 0)) };
+}
+
+/// A new cluster-wide message id: (this process's origin, a number unique in it).
+pub fn next_mid() -> (u64, u64) {
+    let n = MIDS.with(|c| {
+        let (next, end) = c.get();
+        let (next, end) = if next < end {
+            (next, end)
+        } else {
+            let start = NEXT_BLOCK.fetch_add(MID_BLOCK, std::sync::atomic::Ordering::Relaxed);
+            (start, start + MID_BLOCK)
+        };
+        c.set((next + 1, end));
+        next
+    });
+    (*ORIGIN, n)
 }
 
 /// One message on its way to one subscriber.

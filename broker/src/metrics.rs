@@ -109,6 +109,10 @@ pub struct ClusterMetrics {
     pub dropped_peer_gone: IntCounter,
     /// Inter-node connections refused, by reason.
     pub links_refused: IntCounterVec,
+    /// Persistent sessions that arrived from a peer (one per sender).
+    pub sessions_moved_in: IntCounter,
+    /// Persistent sessions handed over to a peer and confirmed by it.
+    pub sessions_moved_out: IntCounter,
 }
 
 /// Changes to the durable state by what they did to the pending set.
@@ -278,6 +282,13 @@ impl Metrics {
             "reason",
             &["queue_full", "peer_gone"],
         );
+        let sessions_moved = counter_vec(
+            "cluster_sessions_moved_total",
+            "Persistent sessions moved between nodes, by direction (in: arrived here; out: \
+             handed to a peer and confirmed).",
+            "direction",
+            &["in", "out"],
+        );
         let persist_changes = counter_vec(
             "persist_changes_total",
             "Changes to the durable state, by effect on the pending set (added, replaced, \
@@ -441,6 +452,8 @@ impl Metrics {
                     "reason",
                     &LINK_REFUSED_REASONS,
                 ),
+                sessions_moved_in: sessions_moved.with_label_values(&["in"]),
+                sessions_moved_out: sessions_moved.with_label_values(&["out"]),
             },
             persist: PersistMetrics {
                 changes: PersistChanges {

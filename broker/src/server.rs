@@ -454,6 +454,18 @@ impl Server {
             );
         }
         sweeper.abort();
+        if let Some(cluster) = broker.cluster.get() {
+            // The sessions held here go to the remaining nodes (their clients reconnect to
+            // any), through the links that are still up.
+            let until = deadline.max(Instant::now() + LEAVE_MIN);
+            let (handed, unconfirmed) = crate::cluster::moves::leave(&broker, cluster, until).await;
+            if handed > 0 {
+                info!(
+                    handed,
+                    unconfirmed, "persistent sessions handed over to the cluster"
+                );
+            }
+        }
         if let Some(durable) = &broker.durable {
             // Every change made by the drained connections, synced whatever the policy.
             durable.close();
@@ -463,6 +475,10 @@ impl Server {
         Ok(())
     }
 }
+
+/// However late the drain ended, how long a leaving node gives its peers to confirm the
+/// sessions it hands them.
+const LEAVE_MIN: Duration = Duration::from_secs(5);
 
 /// After the deadline, how long the last connections get to close.
 const FINAL_WAIT: Duration = Duration::from_secs(2);

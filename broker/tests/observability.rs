@@ -457,9 +457,19 @@ const REFUSED: &str = "obs-refused-31f0";
 const BROKEN: &str = "obs-broken-c8d6";
 
 /// Label names the broker uses; anything else (a `client_id` label) is a regression.
-const LABEL_NAMES: [&str; 11] = [
-    "listener", "qos", "reason", "state", "action", "file", "result", "version", "le", "effect",
+const LABEL_NAMES: [&str; 12] = [
+    "listener",
+    "qos",
+    "reason",
+    "state",
+    "action",
+    "file",
+    "result",
+    "version",
+    "le",
+    "effect",
     "op",
+    "direction",
 ];
 
 #[tokio::test]

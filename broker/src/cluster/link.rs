@@ -21,8 +21,8 @@ use tokio_util::codec::{FramedRead, LengthDelimitedCodec};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-use super::proto::{self, Forward, Frame, Side, VERSION};
-use super::{Cluster, Peer};
+use super::proto::{self, Forward, Frame, OLDEST, Side, VERSION};
+use super::{Cluster, Peer, moves};
 use crate::broker::Broker;
 use crate::topic::{TopicLimits, parse_subscription, validate_name};
 
@@ -59,8 +59,10 @@ pub enum LinkError {
     /// The peer proved no knowledge of the shared secret, or refused ours.
     #[error("authentication failed: {0}")]
     Auth(String),
-    /// The peer speaks another protocol version.
-    #[error("protocol version {0} is not {VERSION}")]
+    /// The peer speaks no protocol version this node speaks (the number it offered or
+    /// answered with; a dialler that offered a newer version than the peer speaks tries again
+    /// with an older one).
+    #[error("protocol version {0} is not one of {OLDEST} to {VERSION}")]
     Version(u16),
     /// The address is this node.
     #[error("the address is this node")]
@@ -170,9 +172,12 @@ struct Dialled {
     writer: Writer,
     peer: String,
     last_seq: u64,
+    /// The protocol version the link runs at.
+    version: u16,
 }
 
-async fn dial(cluster: &Cluster, addr: SocketAddr) -> Result<Dialled, LinkError> {
+/// Dials `addr` offering protocol version `offer`.
+async fn dial(cluster: &Cluster, addr: SocketAddr, offer: u16) -> Result<Dialled, LinkError> {
     let stream = tokio::time::timeout(HANDSHAKE_TIMEOUT, TcpStream::connect(addr))
         .await
         .map_err(|_| LinkError::Timeout)??;
@@ -181,23 +186,30 @@ async fn dial(cluster: &Cluster, addr: SocketAddr) -> Result<Dialled, LinkError>
     write_frames(
         &mut writer,
         &[Frame::Hello {
-            version: VERSION,
+            version: offer,
             name: cluster.name.to_string(),
             epoch: cluster.epoch,
             nonce: mine,
         }],
     )
     .await?;
-    let (peer, theirs) = match read_frame(&mut reader).await? {
+    let challenge = match read_frame(&mut reader).await {
+        // A node of an older release refuses a version it does not know, saying so.
+        Err(LinkError::Auth(reason)) if reason.contains("protocol version") => {
+            return Err(LinkError::Version(offer));
+        }
+        r => r?,
+    };
+    let (peer, theirs, version) = match challenge {
         Frame::Challenge {
             version,
             name,
             nonce,
         } => {
-            if version != VERSION {
+            if !(OLDEST..=offer).contains(&version) {
                 return Err(LinkError::Version(version));
             }
-            (name, nonce)
+            (name, nonce, version)
         }
         f => {
             return Err(LinkError::Protocol(format!(
@@ -226,6 +238,7 @@ async fn dial(cluster: &Cluster, addr: SocketAddr) -> Result<Dialled, LinkError>
                 writer,
                 peer,
                 last_seq,
+                version,
             })
         }
         f => Err(LinkError::Protocol(format!(
@@ -251,6 +264,7 @@ async fn run_outbound(
         let mut out = peer.outbox.lock();
         out.control.clear();
         out.up = true;
+        peer.version.store(link.version, Ordering::Release);
         let mut acked = 0;
         while out.messages.front().is_some_and(|m| m.seq <= link.last_seq) {
             out.messages.pop_front();
@@ -277,10 +291,18 @@ async fn run_outbound(
                     stamp: m.stamp,
                     plain: false,
                     groups: Vec::new(),
+                    mid: m.mid,
                 })
             })
             .collect();
         write_frames(&mut link.writer, &frames).await?;
+    }
+    if link.version >= 2 {
+        // The persistent sessions held here, so that the peer gives up any it holds with an
+        // older claim (after a partition, or a crash and return).
+        for chunk in moves::session_table(broker).chunks(16) {
+            write_frames(&mut link.writer, chunk).await?;
+        }
     }
     let mut frames = Vec::new();
     let mut heartbeat = tokio::time::interval(HEARTBEAT);
@@ -293,7 +315,13 @@ async fn run_outbound(
         }
         let relieved = {
             let mut out = peer.outbox.lock();
-            frames.extend(out.control.drain(..));
+            // A frame this link's version does not have is not sent (the senders check the
+            // version first; this is the last guard).
+            frames.extend(
+                out.control
+                    .drain(..)
+                    .filter(|f| f.version() <= link.version),
+            );
             // The outbox holds consecutive sequence numbers from its front: the first unsent
             // message is found by index, not by a scan of the unacknowledged ones.
             let start = out
@@ -308,11 +336,18 @@ async fn run_outbound(
                 .min(out.messages.len())
                 .min(WINDOW.max(start));
             if start < end {
-                frames.extend(
-                    out.messages
-                        .range(start..end)
-                        .map(|m| Frame::Publish(m.clone())),
-                );
+                if link.version >= 2 {
+                    frames.extend(out.messages.range(start..end).map(|m| Frame::Publish2 {
+                        mid: m.mid,
+                        forward: m.clone(),
+                    }));
+                } else {
+                    frames.extend(
+                        out.messages
+                            .range(start..end)
+                            .map(|m| Frame::Publish(m.clone())),
+                    );
+                }
                 out.written = out.messages[end - 1].seq;
             }
             let unsent_after = out.messages.len() - end.max(start);
@@ -365,6 +400,9 @@ async fn dial_loop(
     let mut first = true;
     let mut backoff = MIN_BACKOFF;
     let mut warned = false;
+    // Offered in the handshake: the newest version, or an older one for a peer that refused
+    // it (a node of the previous release during a rolling upgrade), until that link ends.
+    let mut offer = VERSION;
     let done_first = |first: &mut bool| {
         if std::mem::take(first) {
             cluster.pending_dials.fetch_sub(1, Ordering::Relaxed);
@@ -372,10 +410,15 @@ async fn dial_loop(
     };
     loop {
         let attempt = tokio::select! {
-            r = dial(&cluster, addr) => r,
+            r = dial(&cluster, addr, offer) => r,
             _ = cancel.cancelled() => break,
         };
         match attempt {
+            Err(LinkError::Version(v)) if v == offer && offer > OLDEST => {
+                info!(%addr, offered = offer, "cluster peer speaks an older protocol; offering version {OLDEST}");
+                offer = OLDEST;
+                continue;
+            }
             Err(LinkError::SelfLink) => {
                 debug!(%addr, "cluster address is this node");
                 done_first(&mut first);
@@ -389,7 +432,7 @@ async fn dial_loop(
                     done_first(&mut first);
                 } else {
                     *peer.last_seen.lock() = Instant::now();
-                    info!(%addr, peer = %peer.name, resume_after = link.last_seq, "cluster link up");
+                    info!(%addr, peer = %peer.name, resume_after = link.last_seq, version = link.version, "cluster link up");
                     done_first(&mut first);
                     warned = false;
                     backoff = MIN_BACKOFF;
@@ -401,8 +444,10 @@ async fn dial_loop(
                     }
                     // Publishers held back by this link go on; their messages queue meanwhile.
                     peer.wake_waiting();
+                    peer.version.store(0, Ordering::Release);
                     peer.linked.store(false, Ordering::Release);
                     *peer.last_seen.lock() = Instant::now();
+                    offer = VERSION;
                     match result {
                         Ok(()) => break,
                         Err(e) => warn!(%addr, peer = %peer.name, reason = %e, "cluster link down"),
@@ -493,26 +538,28 @@ pub async fn serve(
 
 /// The accepting side of one link: handshake, then apply what the peer sends.
 async fn accept(
-    cluster: &Cluster,
-    broker: &Broker,
+    cluster: &Arc<Cluster>,
+    broker: &Arc<Broker>,
     stream: TcpStream,
     handshake: tokio::sync::OwnedSemaphorePermit,
     shutdown: &CancellationToken,
 ) -> Result<(), LinkError> {
     let (mut reader, mut writer) = halves(cluster, stream, None).await?;
-    let (name, epoch, theirs) = match read_frame(&mut reader).await? {
+    let (name, epoch, theirs, version) = match read_frame(&mut reader).await? {
         Frame::Hello {
             version,
             name,
             epoch,
             nonce,
         } => {
-            if version != VERSION {
-                let reason = format!("protocol version {version} is not {VERSION}");
+            if version < OLDEST {
+                let reason =
+                    format!("protocol version {version} is not one of {OLDEST} to {VERSION}");
                 let _ = write_frames(&mut writer, &[Frame::Refused { reason }]).await;
                 return Err(LinkError::Version(version));
             }
-            (name, epoch, nonce)
+            // The newest version both speak: the dialler's offer, or this node's newest.
+            (name, epoch, nonce, version.min(VERSION))
         }
         f => {
             return Err(LinkError::Protocol(format!(
@@ -525,7 +572,7 @@ async fn accept(
     write_frames(
         &mut writer,
         &[Frame::Challenge {
-            version: VERSION,
+            version,
             name: cluster.name.to_string(),
             nonce: mine,
         }],
@@ -584,9 +631,9 @@ fn valid_route(filter: &str) -> bool {
 }
 
 async fn inbound(
-    cluster: &Cluster,
-    broker: &Broker,
-    peer: &Peer,
+    cluster: &Arc<Cluster>,
+    broker: &Arc<Broker>,
+    peer: &Arc<Peer>,
     epoch: u64,
     mut reader: Reader,
     writer: &mut Writer,
@@ -626,7 +673,17 @@ async fn inbound(
                 }
             }
         };
-        match decode(item)? {
+        let frame = match decode(item)? {
+            // Version 2 carries the message's id beside it; the rest is handled alike.
+            Frame::Publish2 { mid, mut forward } => {
+                if let Some(f) = Arc::get_mut(&mut forward) {
+                    f.mid = mid;
+                }
+                Frame::Publish(forward)
+            }
+            f => f,
+        };
+        match frame {
             Frame::Routes { filters } => {
                 let n = filters.len();
                 let valid: Vec<String> = filters.into_iter().filter(|f| valid_route(f)).collect();
@@ -679,6 +736,46 @@ async fn inbound(
                 }
             }
             Frame::Evict { client_id } => broker.evict_local(&client_id),
+            Frame::Claim {
+                client_id,
+                claim,
+                resume,
+            } => moves::on_claim(
+                broker.clone(),
+                cluster.clone(),
+                peer.clone(),
+                client_id,
+                claim,
+                resume,
+            ),
+            Frame::ClaimReply {
+                client_id,
+                claim,
+                handing_over,
+                moved_to,
+            } => moves::on_claim_reply(cluster, peer, &client_id, claim, handing_over, moved_to),
+            Frame::Handover {
+                client_id,
+                claim,
+                part,
+            } => moves::on_handover(broker, cluster, peer, client_id, claim, part),
+            Frame::HandoverDone { client_id, claim } => {
+                moves::on_handover_done(broker, cluster, client_id, claim)
+            }
+            Frame::SessionForward {
+                client_id,
+                mid,
+                qos,
+                forward,
+            } => {
+                if validate_name(&forward.topic, &TopicLimits::default()).is_err() {
+                    return Err(LinkError::Protocol("invalid forwarded message".into()));
+                }
+                moves::on_session_forward(broker, cluster, peer, client_id, mid, qos, &forward)
+            }
+            Frame::SessionTable { entries, .. } => {
+                moves::on_session_table(broker.clone(), cluster.clone(), peer.clone(), entries)
+            }
             Frame::Ping => {
                 if let Some(seq) = ack.take() {
                     write_frames(writer, &[Frame::Ack { seq }, Frame::Pong]).await?;

@@ -16,6 +16,7 @@
 //! Links, the handshake and discovery are in [`link`]; the frames in [`proto`].
 
 pub mod link;
+pub mod moves;
 pub mod proto;
 pub mod routes;
 pub mod tls;
@@ -25,7 +26,7 @@ use smallvec::SmallVec;
 use std::collections::VecDeque;
 use std::fmt;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU16, AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 use tokio::sync::Notify;
 
@@ -146,6 +147,8 @@ pub struct Peer {
     wake: Notify,
     /// Whether this node's link to the peer is up.
     linked: AtomicBool,
+    /// The protocol version of this node's link to the peer (0 while it is down).
+    version: AtomicU16,
     /// Inbound links from the peer now open.
     inbound: AtomicUsize,
     /// The peer's route table arrived on the current inbound link.
@@ -256,6 +259,8 @@ pub struct Cluster {
     metrics: ClusterMetrics,
     queued: AtomicU64,
     tls: Option<tls::ClusterTls>,
+    /// Persistent sessions on the move (see [`moves`]).
+    pub moves: moves::Moves,
 }
 
 /// Messages written to no link yet past which a peer whose link is up holds its publishers back
@@ -276,6 +281,7 @@ impl Cluster {
             .map(|d| d.as_nanos() as u64)
             .unwrap_or_default();
         Cluster {
+            moves: moves::Moves::new(&name),
             name: name.into(),
             epoch,
             secret,
@@ -307,6 +313,16 @@ impl Cluster {
         &self.name
     }
 
+    /// A message routed to a session that just moved here was already queued for it (it
+    /// came through the session's old node too): counted as a duplicate.
+    pub fn seen_moved(&self, sid: u64, mid: proto::Mid) -> bool {
+        let seen = self.moves.seen(sid, mid);
+        if seen {
+            self.metrics.duplicates.inc();
+        }
+        seen
+    }
+
     /// The peer named `name`, created if new.
     pub fn peer(&self, name: &str) -> Arc<Peer> {
         if let Some(p) = self.peers.read().iter().find(|p| &*p.name == name) {
@@ -325,6 +341,7 @@ impl Cluster {
             }),
             wake: Notify::new(),
             linked: AtomicBool::new(false),
+            version: AtomicU16::new(0),
             inbound: AtomicUsize::new(0),
             routes_synced: AtomicBool::new(false),
             inbound_gen: AtomicU64::new(0),
@@ -364,12 +381,20 @@ impl Cluster {
         }
     }
 
-    /// A client connected here: the peers close and discard the same client id.
+    /// A client connected here: the peers of the previous release (version 1 links) close and
+    /// discard the same client id (newer peers were asked for it by `moves::claim`).
     pub fn evict_elsewhere(&self, client_id: &str) {
         let _local = self.local.lock();
-        self.to_linked(|| Frame::Evict {
-            client_id: client_id.to_owned(),
-        });
+        for peer in self.peers.read().iter() {
+            let mut out = peer.outbox.lock();
+            if out.up && peer.version.load(Ordering::Acquire) < 2 {
+                out.control.push_back(Frame::Evict {
+                    client_id: client_id.to_owned(),
+                });
+                drop(out);
+                peer.wake.notify_one();
+            }
+        }
     }
 
     /// Queues a control frame for every peer whose link is up (the caller holds `local`, so
@@ -473,6 +498,7 @@ impl Cluster {
                 stamp: msg.stamp,
                 plain,
                 groups,
+                mid: msg.mid,
             };
             match self.enqueue(peer, f) {
                 Enqueued::Dropped => {}

@@ -19,15 +19,31 @@
 //! sending it, and a recorded handshake cannot be replayed (fresh nonces). `last_seq` is the
 //! last message sequence number B has from A's current epoch, so A resends only what B lacks.
 //!
-//! Versioning: `version` is [`VERSION`]; a node refuses a peer with another version with a
-//! `Refused` frame that says why (rolling upgrades change it only with a compatible path).
+//! Versioning: a node speaks versions [`OLDEST`] to [`VERSION`]. The dialer offers its newest in
+//! `Hello`; an acceptor that speaks it answers with it in `Challenge`, and one that does not (a
+//! node of the previous release) refuses with `Refused`, after which the dialer dials again
+//! offering the older version, and remembers it for that address. A link runs at the version
+//! both agreed on: frames of a newer version are never sent on it. What each version adds:
+//!
+//! * 1: routes, messages (`Publish`), retained messages, `Evict`, acknowledgements, heartbeat.
+//! * 2: messages carry a cluster-wide id (`Publish2`), and persistent sessions move between
+//!   nodes: `Claim`/`ClaimReply` when a client connects, `Handover` and `HandoverDone` to move a
+//!   session's state, `SessionForward` for what still arrives at the old node, `SessionTable`
+//!   when a link comes up (to settle sessions held on both sides after a partition or a crash).
 
 use bytes::Bytes;
 use hmac::{KeyInit, Mac};
 use serde::{Deserialize, Serialize};
 
-/// Protocol version spoken on cluster links.
-pub const VERSION: u16 = 1;
+/// Newest protocol version this node speaks.
+pub const VERSION: u16 = 2;
+
+/// Oldest protocol version this node speaks (that of the previous release).
+pub const OLDEST: u16 = 1;
+
+/// A message's cluster-wide identity: its origin node's epoch and a counter there. Lets a node
+/// that receives the same message on two paths (while a session moves) deliver it once.
+pub type Mid = (u64, u64);
 
 /// Largest frame accepted on a link, beyond the largest MQTT packet: topic, flags and groups.
 pub const FRAME_OVERHEAD: usize = 64 * 1024;
@@ -107,6 +123,128 @@ pub enum Frame {
     Ping,
     /// Acceptor → dialer: the answer to `Ping`.
     Pong,
+
+    // --- version 2 ---
+    /// Dialer → acceptor: a message, with its cluster-wide id (instead of `Publish`).
+    Publish2 {
+        /// The message's id.
+        mid: Mid,
+        /// The message.
+        forward: std::sync::Arc<Forward>,
+    },
+    /// Dialer → acceptor: a client connected to the dialer (at `claim`). The acceptor gives up
+    /// its session of that client id if its own claim is older: hands it over (`resume`) or
+    /// discards it (a clean session), and answers with `ClaimReply` on this link.
+    Claim {
+        /// The client id.
+        client_id: String,
+        /// The new connection's claim (see `cluster::claim_now`).
+        claim: u64,
+        /// Clean session 0: the client wants its session.
+        resume: bool,
+    },
+    /// Acceptor → dialer: the answer to `Claim`: whether a handover of the session follows
+    /// (on the acceptor's own link to the dialer).
+    ClaimReply {
+        /// The client id.
+        client_id: String,
+        /// The claim answered.
+        claim: u64,
+        /// A handover follows.
+        handing_over: bool,
+        /// Nothing here, but the session moved from here to this node moments ago: ask it
+        /// (the claim may have reached it before the session did).
+        moved_to: Option<String>,
+    },
+    /// Dialer → acceptor: a part of a session's state moving to the acceptor (which holds or
+    /// claimed the session with a newer claim, or takes it over from a node that leaves).
+    Handover {
+        /// The client id.
+        client_id: String,
+        /// The claim the session moves to (the acceptor's).
+        claim: u64,
+        /// This part.
+        part: HandoverPart,
+    },
+    /// Acceptor → dialer: the session `client_id` arrived whole (and is stored, with a durable
+    /// store): the dialer may forget it.
+    HandoverDone {
+        /// The client id.
+        client_id: String,
+        /// The claim it moved to.
+        claim: u64,
+    },
+    /// Dialer → acceptor: a message for a session that moved from the dialer to the acceptor
+    /// (it still reached the dialer through routes that had not caught up).
+    SessionForward {
+        /// The client id.
+        client_id: String,
+        /// The message's id.
+        mid: Mid,
+        /// QoS for the session.
+        qos: u8,
+        /// The message.
+        forward: std::sync::Arc<Forward>,
+    },
+    /// Dialer → acceptor, when a link comes up: the dialer's persistent sessions and their
+    /// claims, in parts (`last` on the final one). The acceptor hands over any it holds with
+    /// an older claim.
+    SessionTable {
+        /// (client id, claim) pairs.
+        entries: Vec<(String, u64)>,
+        /// The last part.
+        last: bool,
+    },
+}
+
+/// A part of a moving session (see `Frame::Handover`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum HandoverPart {
+    /// First: who the session is and what it subscribes to.
+    Start(Box<SessionHeader>),
+    /// Messages of its queue, in order (in flight ones first, with their packet ids).
+    Messages(Vec<MovedMessage>),
+    /// Last: the inbound QoS 2 packet ids awaiting PUBREL; the session is complete.
+    End {
+        /// Packet ids.
+        awaiting_rel: Vec<u16>,
+    },
+}
+
+/// What a moving session is, apart from its queue.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SessionHeader {
+    /// Subscriptions: filter as the client sent it, granted QoS.
+    pub subscriptions: Vec<(String, u8)>,
+    /// User name of its last connection.
+    pub username: Option<String>,
+    /// Address of its last connection.
+    pub ip: Option<String>,
+    /// When it went offline, ms since the Unix epoch (`None`: it was connected until the move).
+    pub offline_since_ms: Option<u64>,
+}
+
+/// One queued or in-flight message of a moving session.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MovedMessage {
+    /// Topic.
+    pub topic: String,
+    /// Payload.
+    pub payload: Bytes,
+    /// QoS for this session.
+    pub qos: u8,
+    /// QoS as published.
+    pub published_qos: u8,
+    /// RETAIN flag on the wire (a retained message for a new subscription).
+    pub retain: bool,
+    /// Retained stamp.
+    pub stamp: u64,
+    /// In flight: its packet id, and whether PUBREC was received (QoS 2, PUBREL step).
+    pub inflight: Option<(u16, bool)>,
+    /// Sent with DUP (it may have been delivered already).
+    pub dup: bool,
+    /// Its cluster-wide id.
+    pub mid: Mid,
 }
 
 /// A message crossing a link.
@@ -129,6 +267,10 @@ pub struct Forward {
     /// The shared subscription groups the receiver delivers to (the sender picked the receiver
     /// for them, one node per group across the cluster).
     pub groups: Vec<String>,
+    /// The message's cluster-wide id: sent in `Publish2` (version 2), not part of the version 1
+    /// encoding (so `Publish` stays what the previous release reads).
+    #[serde(skip)]
+    pub mid: Mid,
 }
 
 /// Why a frame could not be encoded or decoded.
@@ -176,6 +318,28 @@ impl Frame {
             Frame::Ack { .. } => "Ack",
             Frame::Ping => "Ping",
             Frame::Pong => "Pong",
+            Frame::Publish2 { .. } => "Publish2",
+            Frame::Claim { .. } => "Claim",
+            Frame::ClaimReply { .. } => "ClaimReply",
+            Frame::Handover { .. } => "Handover",
+            Frame::HandoverDone { .. } => "HandoverDone",
+            Frame::SessionForward { .. } => "SessionForward",
+            Frame::SessionTable { .. } => "SessionTable",
+        }
+    }
+
+    /// The protocol version that introduced this frame: it is sent only on links of that
+    /// version or newer.
+    pub fn version(&self) -> u16 {
+        match self {
+            Frame::Publish2 { .. }
+            | Frame::Claim { .. }
+            | Frame::ClaimReply { .. }
+            | Frame::Handover { .. }
+            | Frame::HandoverDone { .. }
+            | Frame::SessionForward { .. }
+            | Frame::SessionTable { .. } => 2,
+            _ => 1,
         }
     }
 }
@@ -255,6 +419,7 @@ mod tests {
                 stamp: 123,
                 plain: true,
                 groups: vec!["g".into()],
+                mid: (0, 0),
             })),
             Frame::Ack { seq: u64::MAX },
             Frame::Ping,
@@ -273,6 +438,110 @@ mod tests {
             rest = &rest[4 + len..];
         }
         assert!(rest.is_empty());
+    }
+
+    fn forward(mid: Mid) -> std::sync::Arc<Forward> {
+        std::sync::Arc::new(Forward {
+            seq: 3,
+            topic: "t".into(),
+            payload: Bytes::from_static(b"p"),
+            qos: 1,
+            retain: false,
+            stamp: 0,
+            plain: true,
+            groups: Vec::new(),
+            mid,
+        })
+    }
+
+    #[test]
+    fn version_1_frames_keep_the_encoding_the_previous_release_reads() {
+        // The message id is not part of `Publish`: the bytes are those of version 1, and the
+        // variant indices of version 1 frames are unchanged (version 2 ones come after).
+        let with_id = Frame::Publish(forward((5, 6))).encode().unwrap();
+        let without = Frame::Publish(forward((0, 0))).encode().unwrap();
+        assert_eq!(with_id, without);
+        let v1_last = Frame::Pong.encode().unwrap()[0];
+        let v2_first = Frame::Publish2 {
+            mid: (1, 2),
+            forward: forward((1, 2)),
+        }
+        .encode()
+        .unwrap()[0];
+        assert_eq!(v2_first, v1_last + 1);
+        assert_eq!(Frame::Pong.version(), 1);
+    }
+
+    #[test]
+    fn version_2_frames_round_trip() {
+        let frames = [
+            Frame::Publish2 {
+                mid: (u64::MAX, 7),
+                forward: forward((u64::MAX, 7)),
+            },
+            Frame::Claim {
+                client_id: "dev".into(),
+                claim: 1 << 40,
+                resume: true,
+            },
+            Frame::ClaimReply {
+                client_id: "dev".into(),
+                claim: 9,
+                handing_over: false,
+                moved_to: Some("hmq-2".into()),
+            },
+            Frame::Handover {
+                client_id: "dev".into(),
+                claim: 9,
+                part: HandoverPart::Start(Box::new(SessionHeader {
+                    subscriptions: vec![("a/#".into(), 1)],
+                    username: Some("u".into()),
+                    ip: Some("10.0.0.1".into()),
+                    offline_since_ms: None,
+                })),
+            },
+            Frame::Handover {
+                client_id: "dev".into(),
+                claim: 9,
+                part: HandoverPart::Messages(vec![MovedMessage {
+                    topic: "a/b".into(),
+                    payload: Bytes::from_static(b"x"),
+                    qos: 2,
+                    published_qos: 2,
+                    retain: false,
+                    stamp: 0,
+                    inflight: Some((7, true)),
+                    dup: true,
+                    mid: (1, 1),
+                }]),
+            },
+            Frame::Handover {
+                client_id: "dev".into(),
+                claim: 9,
+                part: HandoverPart::End {
+                    awaiting_rel: vec![1, 65535],
+                },
+            },
+            Frame::HandoverDone {
+                client_id: "dev".into(),
+                claim: 9,
+            },
+            Frame::SessionTable {
+                entries: vec![("dev".into(), 9)],
+                last: true,
+            },
+        ];
+        for f in &frames {
+            assert_eq!(f.version(), 2, "{}", f.kind());
+            let back = Frame::decode(&f.encode().unwrap()).unwrap();
+            match (&back, f) {
+                (Frame::Publish2 { mid, forward }, Frame::Publish2 { mid: want, .. }) => {
+                    assert_eq!(mid, want);
+                    assert_eq!(forward.topic, "t");
+                }
+                _ => assert_eq!(&back, f),
+            }
+        }
     }
 
     #[test]

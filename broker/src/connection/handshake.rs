@@ -163,6 +163,13 @@ pub async fn accept(
     }
     let username: Option<Arc<str>> = username.map(Arc::from);
 
+    // In a cluster, the session may be on another node: it moves here first.
+    let claim = match broker.cluster.get() {
+        Some(cluster) => {
+            crate::cluster::moves::claim(broker, cluster, &client_id, connect.clean_session).await
+        }
+        None => 0,
+    };
     let opened = match broker
         .sessions
         .open(
@@ -187,6 +194,8 @@ pub async fn accept(
     if let Some(d) = discarded {
         broker.forget(d);
     }
+    // A session that moved here may carry a claim from a node whose clock is ahead.
+    session.set_claim(claim.max(session.claim()));
     broker.client_connected(&client_id);
 
     let identity = ClientIdentity {

@@ -174,6 +174,8 @@ pub struct SessionRecord {
     /// When the session went offline, in ms since the Unix epoch; `None` while connected (a
     /// session recovered in that state went offline when the broker stopped).
     pub offline_since_ms: Option<u64>,
+    /// Its cluster-wide claim (when its client last connected; see `cluster::moves`).
+    pub claim: u64,
 }
 
 /// Where a queued message is in its delivery.
@@ -283,6 +285,7 @@ mod tests {
             username: Some("u".into()),
             ip: Some("127.0.0.1".into()),
             offline_since_ms: Some(5),
+            claim: 9,
         };
         let bytes = encode(&s);
         assert_eq!(decode::<SessionRecord>(&bytes).unwrap(), s);

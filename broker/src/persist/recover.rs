@@ -70,6 +70,7 @@ fn message(r: MessageRecord, durable: DurableRef) -> Arc<Message> {
         received_at: Instant::now(),
         stamp: r.stamp,
         durable,
+        mid: crate::message::next_mid(),
     })
 }
 

@@ -33,6 +33,7 @@ pub fn apply(broker: &Broker, durable: &Durable, recovered: Recovered) {
             true,
         ));
         session.set_journaled(true);
+        session.set_claim(rs.record.claim);
         let identity = ClientIdentity {
             client_id: session.client_id().clone(),
             username: rs.record.username.as_deref().map(Arc::from),

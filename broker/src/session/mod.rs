@@ -33,6 +33,11 @@ use crate::persist::Durable;
 use crate::persist::journal::Value;
 use crate::persist::record::{Key, QueueRecord, QueueState};
 
+/// `Session::flags` bits.
+const JOURNALED: u8 = 1;
+const MOVED: u8 = 2;
+const ARRIVING: u8 = 4;
+
 /// Messages waiting to be sent to one client.
 #[derive(Debug, Default)]
 pub struct Inbox {
@@ -76,6 +81,12 @@ impl Inbox {
     /// store holds for this session, in flight ones included).
     pub fn continue_after(&mut self, seq: u64) {
         self.last_seq = self.last_seq.max(seq);
+    }
+
+    /// The sequence number for the next delivery stored in the durable queue.
+    pub fn next_seq(&mut self) -> u64 {
+        self.last_seq += 1;
+        self.last_seq
     }
 
     /// Takes the next message to send.
@@ -128,6 +139,8 @@ pub enum Enqueued {
     Congested,
     /// Queued, and the oldest queued QoS 0 message was dropped to make room.
     QueuedEvictedQos0,
+    /// Not queued: the session moved to another cluster node (the caller forwards it there).
+    Moved,
     /// Dropped: the queue is full of QoS 1/2 messages.
     DroppedQueueFull,
     /// Dropped: QoS 0 for an offline session, not queued by configuration.
@@ -340,8 +353,12 @@ struct Control {
     /// Set when the session has been discarded; a connection still holding it must not park
     /// anything in it again.
     discarded: bool,
-    /// Who connected last (set at CONNECT): user name and address.
-    who: Option<(Option<Arc<str>>, IpAddr)>,
+    /// Who connected last (set at CONNECT): user name and address. Boxed: every session,
+    /// idle ones included, carries the slot.
+    who: Option<Box<(Option<Arc<str>>, IpAddr)>>,
+    /// When its client last connected, cluster-wide (see `cluster::moves::claim_now`): of two
+    /// nodes holding the session, the one with the newer claim keeps it.
+    claim: u64,
 }
 
 /// Who a client is, as far as authorisation cares: kept with the session so that the ACL can
@@ -376,9 +393,11 @@ pub struct Session {
     /// Wakes the owning connection (inbox no longer empty; a subscriber it waits for drained).
     notify: Signal,
     online: AtomicBool,
-    /// Its state is mirrored in the durable store (a persistent session on a broker with
-    /// `persistence.dir`); cleared when it is discarded.
-    journaled: AtomicBool,
+    /// `JOURNALED`: its state is mirrored in the durable store (a persistent session on a
+    /// broker with `persistence.dir`; cleared when it is discarded). `MOVED`: it moved to another
+    /// cluster node and what still arrives here is forwarded there. `ARRIVING`: it just moved
+    /// here, and messages may arrive twice for a while (see `cluster::moves`).
+    flags: AtomicU8,
     control: Mutex<Control>,
     /// This client's compiled ACL: read per message by the client's own task (publish) and by
     /// publishers (delivery through a subscription that needs a per-message check).
@@ -408,7 +427,7 @@ impl Session {
             inbox: Mutex::new(Inbox::default()),
             notify: Signal::default(),
             online: AtomicBool::new(false),
-            journaled: AtomicBool::new(false),
+            flags: AtomicU8::new(0),
             control: Mutex::new(Control {
                 core: Some(Box::default()),
                 owner: None,
@@ -416,6 +435,7 @@ impl Session {
                 offline_since: None,
                 discarded: false,
                 who: None,
+                claim: 0,
             }),
             acl: ArcSwap::new(ClientAcl::shared_allow_all()),
             client_slow: AtomicBool::new(false),
@@ -512,7 +532,7 @@ impl Session {
 
     /// Sets who the client is and its compiled ACL (at CONNECT, and after an ACL reload).
     pub fn set_access(&self, identity: ClientIdentity, acl: Arc<ClientAcl>) {
-        self.control.lock().who = Some((identity.username, identity.ip));
+        self.control.lock().who = Some(Box::new((identity.username, identity.ip)));
         self.acl.store(acl);
     }
 
@@ -524,10 +544,10 @@ impl Session {
     /// The client's identity, once it has connected.
     pub fn identity(&self) -> Option<ClientIdentity> {
         let who = self.control.lock().who.clone();
-        who.map(|(username, ip)| ClientIdentity {
+        who.map(|who| ClientIdentity {
+            username: who.0,
+            ip: who.1,
             client_id: self.client_id.clone(),
-            username,
-            ip,
         })
     }
 
@@ -558,14 +578,62 @@ impl Session {
         self.online.store(online, Ordering::Relaxed);
     }
 
+    fn set_flag(&self, flag: u8, on: bool) {
+        if on {
+            self.flags.fetch_or(flag, Ordering::AcqRel);
+        } else {
+            self.flags.fetch_and(!flag, Ordering::AcqRel);
+        }
+    }
+
+    fn flag(&self, flag: u8) -> bool {
+        self.flags.load(Ordering::Acquire) & flag != 0
+    }
+
     /// Whether the session's state is mirrored in the durable store.
     pub fn is_journaled(&self) -> bool {
-        self.journaled.load(Ordering::Acquire)
+        self.flag(JOURNALED)
     }
 
     /// Marks the session mirrored in the durable store, or no longer (discarded).
     pub fn set_journaled(&self, on: bool) {
-        self.journaled.store(on, Ordering::Release);
+        self.set_flag(JOURNALED, on);
+    }
+
+    /// Whether the session moved to another cluster node (deliveries are forwarded there).
+    pub fn is_moved(&self) -> bool {
+        self.flag(MOVED)
+    }
+
+    /// Marks the session moved to another node, or not.
+    pub fn set_moved(&self, on: bool) {
+        self.set_flag(MOVED, on);
+    }
+
+    /// Whether the session arrived from another node recently (deliveries are checked for
+    /// messages that came twice).
+    pub fn is_arriving(&self) -> bool {
+        self.flag(ARRIVING)
+    }
+
+    /// Marks the session as recently arrived, or no longer.
+    pub fn set_arriving(&self, on: bool) {
+        self.set_flag(ARRIVING, on);
+    }
+
+    /// The session's cluster-wide claim (see `Control::claim`).
+    pub fn claim(&self) -> u64 {
+        self.control.lock().claim
+    }
+
+    /// Sets the claim (at CONNECT, or when the session arrives from another node).
+    pub fn set_claim(&self, claim: u64) {
+        self.control.lock().claim = claim;
+    }
+
+    /// How long it has been offline (`None` while connected).
+    pub fn offline_for(&self) -> Option<std::time::Duration> {
+        self.control.lock().offline_since.map(|t| t.elapsed())
     }
 
     /// Whether the session is kept after its connection ends (clean session 0).
@@ -597,6 +665,11 @@ impl Session {
             return Enqueued::DroppedDiskFull;
         }
         let mut inbox = self.inbox.lock();
+        // Checked under the inbox lock: a session being handed over sets it under the same
+        // lock before it takes the queue.
+        if self.is_moved() {
+            return Enqueued::Moved;
+        }
         let mut outcome = Enqueued::Queued;
         if inbox.len() >= policy.max_queued {
             if inbox.evict_oldest_qos0() {

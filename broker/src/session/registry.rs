@@ -141,11 +141,50 @@ impl Registry {
             c.core = Some(Box::new(core));
             c.owner = None;
             c.persistent = true;
+            c.discarded = false;
             c.offline_since = Some(offline_since);
         }
         session.online.store(false, Ordering::Relaxed);
         // A store being read back holds one session per client id.
         let _ = self.store.insert_new(session);
+    }
+
+    /// A session id not handed out before (for a session that moved here).
+    pub fn new_id(&self) -> u64 {
+        self.next_id.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// Takes the persistent session of `client_id` out of the registry to move it to another
+    /// node: a connected one is closed as by a takeover first (waiting at most `wait` for it to
+    /// let go). Its subscriptions stay in the router: the caller decides what becomes of them.
+    pub async fn detach(&self, client_id: &str, wait: Duration) -> Option<Discarded> {
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            let s = self.store.get(client_id)?;
+            let owner = {
+                let mut c = s.control.lock();
+                if c.discarded || !c.persistent {
+                    return None;
+                }
+                match c.owner.clone() {
+                    Some(o) => o,
+                    None => {
+                        c.discarded = true;
+                        let core = c.core.take();
+                        drop(c);
+                        self.store.remove(s.client_id(), s.id());
+                        return Some(Discarded {
+                            session: s,
+                            core: core.map(|c| *c).unwrap_or_default(),
+                        });
+                    }
+                }
+            };
+            owner.kick(KickReason::Takeover);
+            tokio::time::timeout_at(deadline, self.wait_released(&owner))
+                .await
+                .ok()?;
+        }
     }
 
     /// Starts handing out session ids at `next` or above (after recovery).
