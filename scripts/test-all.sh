@@ -7,7 +7,10 @@
 #      packages (npm ci) and iproute2 (apt, for the cluster test in network namespaces);
 #      each only if missing, so a second run is fast
 #   2. cargo fmt --check, cargo clippy -D warnings, cargo test (the whole workspace)
-#   3. cargo build --release --bin hmq, then the interop tests in broker/tests/interop/ against it
+#   3. cargo build --release --bin hmq; the previous release's broker from this repository's history
+#      (scripts/build-previous.sh, for the mixed-version cluster test); then the interop tests in
+#      broker/tests/interop/ against them (cluster_rolling.sh and cluster_netns.sh as root, in
+#      network namespaces)
 #   4. the operator's offline checks: every object `hmq-operator render` makes from the fixtures,
 #      the RBAC and the CRD pass `kubernetes-validate --strict`; the example MqttClusters pass the
 #      CRD's schema (python jsonschema); the round trip (rendered ConfigMap -> real broker,
@@ -218,7 +221,13 @@ HMQ_BIN="${CARGO_TARGET_DIR:-$PWD/target}/release/hmq"
 export HMQ_BIN
 done_section "release build"
 
-section "3b. interop tests (broker/tests/interop) against $HMQ_BIN"
+section "3b. the previous release's broker, for the mixed-version cluster test"
+scripts/build-previous.sh || fail "scripts/build-previous.sh (the previous release's broker)"
+HMQ_PREVIOUS_BIN="${CARGO_TARGET_DIR:-$PWD/target}/previous/hmq"
+export HMQ_PREVIOUS_BIN
+done_section "previous release built"
+
+section "3c. interop tests (broker/tests/interop) against $HMQ_BIN"
 broker/tests/interop/run.sh || fail "interop tests"
 done_section "interop tests"
 

@@ -472,10 +472,11 @@ async fn dial_loop(
             }
         }
         tokio::select! {
-            _ = tokio::time::sleep(backoff) => {}
+            _ = tokio::time::sleep(backoff) => backoff = (backoff * 2).min(MAX_BACKOFF),
+            // A peer linked to this node: if it is the one this loop dials, it is up now.
+            _ = cluster.redial.notified() => backoff = MIN_BACKOFF,
             _ = cancel.cancelled() => break,
         }
-        backoff = (backoff * 2).min(MAX_BACKOFF);
     }
     done_first(&mut first);
 }
@@ -610,6 +611,9 @@ async fn accept(
     drop(handshake);
     reader.decoder_mut().set_max_frame_length(cluster.max_frame);
     peer.inbound.fetch_add(1, Ordering::AcqRel);
+    if !peer.linked.load(Ordering::Acquire) {
+        cluster.redial.notify_waiters();
+    }
     let generation = peer.inbound_gen.fetch_add(1, Ordering::AcqRel) + 1;
     *peer.last_seen.lock() = Instant::now();
     let result = inbound(cluster, broker, &peer, epoch, reader, &mut writer, shutdown).await;

@@ -261,6 +261,10 @@ pub struct Cluster {
     tls: Option<tls::ClusterTls>,
     /// Persistent sessions on the move (see [`moves`]).
     pub moves: moves::Moves,
+    /// Woken when a peer's link to this node comes up: dial loops waiting out a backoff try
+    /// again at once (a restarted peer is then linked both ways within moments, which a
+    /// session claim from it needs for its answers).
+    redial: Notify,
 }
 
 /// Messages written to no link yet past which a peer whose link is up holds its publishers back
@@ -282,6 +286,7 @@ impl Cluster {
             .unwrap_or_default();
         Cluster {
             moves: moves::Moves::new(&name),
+            redial: Notify::new(),
             name: name.into(),
             epoch,
             secret,

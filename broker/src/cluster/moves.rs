@@ -73,6 +73,8 @@ pub const ROLLBACK: Duration = Duration::from_secs(60);
 const PART: usize = 256;
 /// Sessions handed over at once by a leaving node (bounds the memory of the outboxes).
 pub const LEAVE_BATCH: usize = 256;
+/// A leaving node stops waiting for confirmations when none arrived for this long.
+const LEAVE_STALL: Duration = Duration::from_secs(5);
 /// Entries in one `SessionTable` part.
 const TABLE_PART: usize = 1024;
 /// Message ids remembered per arriving session (beyond, a duplicate may get through).
@@ -124,6 +126,9 @@ struct Stub {
 #[derive(Debug)]
 struct Arrival {
     seen: HashSet<Mid>,
+    /// Merged into a session that was here already (an older copy came back): what its old
+    /// node still sends on may have reached the client through this one, so it goes with DUP.
+    merged: bool,
 }
 
 /// The state of sessions on the move. See the module documentation.
@@ -200,20 +205,29 @@ impl Moves {
         !a.seen.insert(mid)
     }
 
-    /// Sessions handed over and not yet confirmed.
+    /// Sessions handed over and not yet confirmed, to peers whose link is still up (one whose
+    /// link went down will not confirm: its handovers are undone after `ROLLBACK`).
     pub fn unconfirmed(&self) -> usize {
-        self.stubs.lock().values().filter(|s| !s.confirmed).count()
+        self.stubs
+            .lock()
+            .values()
+            .filter(|s| !s.confirmed && s.to.version.load(Ordering::Acquire) > 0)
+            .count()
     }
 
+    /// Waits until `done` or `until`; `done` is checked at every change and every 250 ms (for
+    /// conditions such as a link going down, which are not signalled here).
     async fn wait_changed(&self, until: tokio::time::Instant, mut done: impl FnMut() -> bool) {
         loop {
             let notified = self.changed.notified();
             let mut notified = std::pin::pin!(notified);
             notified.as_mut().enable();
-            if done() || tokio::time::Instant::now() >= until {
+            let now = tokio::time::Instant::now();
+            if done() || now >= until {
                 return;
             }
-            let _ = tokio::time::timeout_at(until, notified).await;
+            let slice = until.min(now + Duration::from_millis(250));
+            let _ = tokio::time::timeout_at(slice, notified).await;
         }
     }
 }
@@ -246,6 +260,11 @@ impl Cluster {
 /// peers and installs what they hand over. Returns the claim, for the session.
 pub async fn claim(broker: &Broker, cluster: &Arc<Cluster>, client_id: &str, clean: bool) -> u64 {
     let moves = &cluster.moves;
+    // A node that has just started asks its peers only once it is linked to them.
+    let until = tokio::time::Instant::now() + CLAIM_WAIT;
+    while !cluster.synced() && tokio::time::Instant::now() < until {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     let claim = moves.claim_now();
     let peers = cluster.movers();
     if peers.is_empty() {
@@ -380,6 +399,12 @@ pub fn on_claim(
     cluster.moves.observe(claim);
     tokio::spawn(async move {
         let moves = &cluster.moves;
+        // The answer goes on this node's own link to the peer: a peer that just restarted
+        // may not have it back yet (the dial loop is woken by its link to here).
+        let linked = tokio::time::Instant::now() + CLAIM_WAIT - Duration::from_secs(1);
+        moves
+            .wait_changed(linked, || from.version.load(Ordering::Acquire) >= 2)
+            .await;
         let reply = |handing_over| Frame::ClaimReply {
             client_id: client_id.clone(),
             claim,
@@ -735,11 +760,12 @@ async fn install(
     let policy = broker.settings.queue;
     // Messages that reach this node both directly and through the old node's stub, or in two
     // handed-over sessions: once. Recorded from before the subscriptions are in the router.
-    let arriving = |s: &Session| {
+    let arriving = |s: &Session, merged: bool| {
         moves.arrivals.lock().insert(
             s.id(),
             Arrival {
                 seen: HashSet::new(),
+                merged,
             },
         );
         s.set_arriving(true);
@@ -748,14 +774,22 @@ async fn install(
     let (session, messages) = match existing {
         Some(s) => {
             // A session is here already (its client connected here later): it keeps its
-            // subscriptions; what the others had queued is added to its queue.
-            arriving(&s);
+            // subscriptions; what the others had queued is added to its queue, but for what
+            // it has queued itself.
+            arriving(&s, true);
+            let queued: Vec<Mid> = s.inbox().mids();
+            for mid in queued {
+                moves.seen(s.id(), mid);
+            }
             let mut count = 0;
             for a in &arrived {
                 for m in &a.messages {
                     if !moves.seen(s.id(), m.mid) {
                         let d = Delivery {
-                            dup: m.dup || m.inflight.is_some(),
+                            // An older copy of the session (its node crashed and came
+                            // back, or was cut off): the client may have had these from the
+                            // other copy already.
+                            dup: true,
                             ..Delivery::new(message(m), qos(m.qos), m.retain)
                         };
                         s.deliver(d, policy, durable);
@@ -786,7 +820,7 @@ async fn install(
                     .unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED)),
             };
             session.set_access(identity.clone(), broker.client_acl(&identity));
-            arriving(&session);
+            arriving(&session, arrived.len() > 1);
             let mut core = SessionCore::default();
             {
                 let acl = session.acl();
@@ -815,7 +849,8 @@ async fn install(
                         let msg = message(m);
                         let qos = qos(m.qos);
                         let mut d = Delivery {
-                            dup: m.dup || m.inflight.is_some(),
+                            // In flight, or from a second, older copy: maybe delivered before.
+                            dup: m.dup || m.inflight.is_some() || i > 0,
                             ..Delivery::new(msg, qos, m.retain)
                         };
                         let journal = durable.filter(|_| qos != QoS::AtMostOnce);
@@ -885,13 +920,16 @@ async fn install(
         }
     }
     for a in &arrived {
-        cluster.send_v2(
+        let sent = cluster.send_v2(
             &a.from,
             [Frame::HandoverDone {
                 client_id: client_id.to_owned(),
                 claim: a.claim,
             }],
         );
+        if !sent {
+            warn!(client_id, peer = %a.from.name, "cannot confirm a session handover: no link to its sender (it keeps its copy until the next link-up settles them)");
+        }
     }
     info!(
         client_id,
@@ -942,6 +980,10 @@ pub fn on_handover_done(
             .get_mut(&client_id)
             .filter(|s| s.claim == claim && !s.confirmed)
         else {
+            debug!(
+                client_id,
+                claim, "confirmation of a handover this node does not wait for"
+            );
             return;
         };
         stub.confirmed = true;
@@ -1028,8 +1070,17 @@ pub fn on_session_forward(
             cluster.metrics.duplicates.inc();
             return;
         }
+        let merged = cluster
+            .moves
+            .arrivals
+            .lock()
+            .get(&s.id())
+            .is_some_and(|a| a.merged);
         s.deliver(
-            Delivery::new(message(&m), qos(m.qos), false),
+            Delivery {
+                dup: merged,
+                ..Delivery::new(message(&m), qos(m.qos), false)
+            },
             broker.settings.queue,
             broker.durable.as_deref(),
         );
@@ -1160,15 +1211,45 @@ pub async fn leave(
             hand_over(broker, cluster, to, claim, d, false);
             handed += 1;
         }
+        // Until all are confirmed, or none has been for LEAVE_STALL: an unconfirmed session
+        // stays in this node's store (not deleted), and the session table settles the two
+        // copies when this node is back.
         let moves = &cluster.moves;
-        moves
-            .wait_changed(deadline, || moves.unconfirmed() == 0)
-            .await;
+        let mut last = usize::MAX;
+        let mut progress = tokio::time::Instant::now();
+        while tokio::time::Instant::now() < deadline {
+            let left = moves.unconfirmed();
+            if left == 0 {
+                break;
+            }
+            if left != last {
+                last = left;
+                progress = tokio::time::Instant::now();
+            } else if progress.elapsed() >= LEAVE_STALL {
+                break;
+            }
+            let slice = deadline.min(tokio::time::Instant::now() + Duration::from_millis(50));
+            moves
+                .wait_changed(slice, || moves.unconfirmed() != left)
+                .await;
+        }
         if tokio::time::Instant::now() >= deadline {
             break;
         }
     }
     let left = cluster.moves.unconfirmed();
+    if left > 0 {
+        let ids: Vec<String> = cluster
+            .moves
+            .stubs
+            .lock()
+            .iter()
+            .filter(|(_, s)| !s.confirmed)
+            .map(|(id, s)| format!("{id} -> {}", s.to.name))
+            .take(10)
+            .collect();
+        warn!(unconfirmed = left, sessions = ?ids, "handovers not confirmed by the shutdown deadline: those sessions stay in this node's store");
+    }
     (handed, left)
 }
 
@@ -1219,6 +1300,7 @@ mod tests {
             1,
             Arrival {
                 seen: HashSet::new(),
+                merged: false,
             },
         );
         assert!(!m.seen(1, (7, 7)));

@@ -83,6 +83,11 @@ impl Inbox {
         self.last_seq = self.last_seq.max(seq);
     }
 
+    /// The cluster-wide ids of the queued messages.
+    pub fn mids(&self) -> Vec<(u64, u64)> {
+        self.queue.iter().map(|d| d.msg.mid).collect()
+    }
+
     /// The sequence number for the next delivery stored in the durable queue.
     pub fn next_seq(&mut self) -> u64 {
         self.last_seq += 1;

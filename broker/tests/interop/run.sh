@@ -2,7 +2,9 @@
 # Runs every interop test in this directory against the hmq release binary; each test gets its
 # own fresh broker on 127.0.0.1 and a free port.
 #
-#   *.sh (except run.sh, lib.sh)  run as is; the script starts and stops its own broker (lib.sh)
+#   *.sh (except run.sh, lib.sh, netns_lib.sh)  run as is; the script starts and stops its own
+#                                 broker(s) (lib.sh; netns_lib.sh for the network-namespace ones)
+#   tools/                        helpers the tests run (not tests)
 #   *.py                          run as `python3 TEST PORT` against a broker started here
 #   *.mjs                         run as `node TEST PORT WSPORT` against a broker started here with
 #                                 a WebSocket listener on WSPORT, path /ws (Node packages from
@@ -29,7 +31,7 @@ else
     for t in "$here"/*; do
         [[ -f $t ]] || continue
         case "$(basename "$t")" in
-        run.sh | lib.sh | *.md | package.json | package-lock.json) ;;
+        run.sh | lib.sh | netns_lib.sh | *.md | package.json | package-lock.json) ;;
         *) tests+=("$t") ;;
         esac
     done
