@@ -95,6 +95,74 @@ pub struct MqttClusterSpec {
     /// The PodDisruptionBudget of the brokers.
     #[serde(default)]
     pub pod_disruption_budget: PodDisruptionBudgetSpec,
+    /// Durable state: a volume per broker for its sessions, queues and retained messages.
+    #[serde(default)]
+    pub persistence: PersistenceSpec,
+}
+
+/// A PersistentVolumeClaim per broker pod (`data-<pod>`), mounted at `/var/lib/hmq` and set as
+/// the broker's `persistence.dir`: persistent sessions, their queued and in-flight QoS 1/2
+/// messages and the retained messages survive a restart of the pod (see the broker's
+/// `persistence.*` keys, which `spec.config.persistence` may set, but for `dir`).
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PersistenceSpec {
+    /// Give each broker a volume. Default true. False: state in memory (lost with the pod).
+    #[serde(default = "default_true")]
+    pub enabled: bool,
+    /// Size of each volume. Default 1Gi. The broker refuses new durable messages (counted)
+    /// at 90% of it, unless `spec.config.persistence.maxDiskBytes` says otherwise. A
+    /// StatefulSet's claim templates cannot change: a new size applies to new clusters.
+    #[serde(default = "default_volume_size")]
+    pub size: String,
+    /// StorageClass of the volumes. Default: the cluster's default class.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub storage_class_name: Option<String>,
+    /// What becomes of the volumes when the MqttCluster is deleted: `Retain` (default: the
+    /// data outlives the cluster) or `Delete`.
+    #[serde(default)]
+    pub when_deleted: RetentionPolicy,
+    /// What becomes of the volumes of pods removed by a scale-down: `Retain` (default: a pod
+    /// that comes back finds its data) or `Delete`. A leaving pod hands its sessions to the
+    /// others first either way.
+    #[serde(default)]
+    pub when_scaled: RetentionPolicy,
+}
+
+impl Default for PersistenceSpec {
+    fn default() -> Self {
+        PersistenceSpec {
+            enabled: true,
+            size: default_volume_size(),
+            storage_class_name: None,
+            when_deleted: RetentionPolicy::Retain,
+            when_scaled: RetentionPolicy::Retain,
+        }
+    }
+}
+
+fn default_volume_size() -> String {
+    "1Gi".into()
+}
+
+/// A StatefulSet's PersistentVolumeClaim retention policy.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+pub enum RetentionPolicy {
+    /// Keep the claims.
+    #[default]
+    Retain,
+    /// Delete the claims.
+    Delete,
+}
+
+impl RetentionPolicy {
+    /// The value in the StatefulSet.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RetentionPolicy::Retain => "Retain",
+            RetentionPolicy::Delete => "Delete",
+        }
+    }
 }
 
 fn default_replicas() -> i32 {

@@ -28,6 +28,12 @@ pub const MANAGED_KEYS: &[(&str, &str)] = &[
     ("plugins", "nothing (hmq's Go plugins are not supported)"),
 ];
 
+/// Keys of the `persistence` section the operator sets.
+pub const MANAGED_PERSISTENCE_KEYS: &[(&str, &str)] = &[(
+    "dir",
+    "spec.persistence (the operator mounts a volume per pod)",
+)];
+
 /// Keys of the `cluster` section the operator sets.
 pub const MANAGED_CLUSTER_KEYS: &[(&str, &str)] = &[
     ("port", "the operator (port 1993)"),

@@ -13,7 +13,7 @@ use sha2::{Digest, Sha256};
 
 use crate::build::paths;
 use crate::crd::{AclAccess, AclPermission, AclSpec, AclType, MqttClusterSpec};
-use crate::schema::{MANAGED_CLUSTER_KEYS, MANAGED_KEYS};
+use crate::schema::{MANAGED_CLUSTER_KEYS, MANAGED_KEYS, MANAGED_PERSISTENCE_KEYS};
 
 /// Why a spec cannot be applied: the field and the parser's message.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -105,6 +105,44 @@ fn merge_config(
             ));
         }
     }
+    let mut persistence = match config.remove("persistence") {
+        None | Some(Value::Null) => Map::new(),
+        Some(Value::Object(p)) => p,
+        Some(_) => {
+            return Err(InvalidSpec::new(
+                "spec.config.persistence",
+                "must be an object",
+            ));
+        }
+    };
+    for (key, instead) in MANAGED_PERSISTENCE_KEYS {
+        if persistence.contains_key(*key) {
+            return Err(InvalidSpec::new(
+                format!("spec.config.persistence.{key}"),
+                format!("is set by the operator: {instead}"),
+            ));
+        }
+    }
+    if spec.persistence.enabled {
+        persistence.insert("dir".into(), json!(paths::DATA_DIR));
+        if !persistence.contains_key("maxDiskBytes") {
+            // A full volume would fail every write: refuse (and count) new durable messages
+            // a little before that instead.
+            let bytes = quantity_bytes(&spec.persistence.size).ok_or_else(|| {
+                InvalidSpec::new(
+                    "spec.persistence.size",
+                    format!(
+                        "{:?} is not a size (e.g. 512Mi, 10Gi, 1G)",
+                        spec.persistence.size
+                    ),
+                )
+            })?;
+            persistence.insert("maxDiskBytes".into(), json!(bytes / 10 * 9));
+        }
+    }
+    if !persistence.is_empty() {
+        config.insert("persistence".into(), Value::Object(persistence));
+    }
     cluster.insert("port".into(), json!(paths::CLUSTER_PORT));
     cluster.insert("secretFile".into(), json!(paths::CLUSTER_SECRET_FILE));
     config.insert("cluster".into(), Value::Object(cluster));
@@ -179,6 +217,30 @@ fn merge_config(
     }
     config.insert("httpPort".into(), json!(spec.metrics.port));
     Ok(config)
+}
+
+/// Bytes in a Kubernetes quantity of the forms a volume size takes: a number with an optional
+/// binary (Ki, Mi, Gi, Ti, Pi) or decimal (k, M, G, T, P) suffix.
+pub fn quantity_bytes(q: &str) -> Option<u64> {
+    let q = q.trim();
+    let split = q.find(|c: char| !c.is_ascii_digit()).unwrap_or(q.len());
+    let (number, suffix) = q.split_at(split);
+    let n: u64 = number.parse().ok()?;
+    let unit: u64 = match suffix {
+        "" => 1,
+        "k" => 1_000,
+        "M" => 1_000_000,
+        "G" => 1_000_000_000,
+        "T" => 1_000_000_000_000,
+        "P" => 1_000_000_000_000_000,
+        "Ki" => 1 << 10,
+        "Mi" => 1 << 20,
+        "Gi" => 1 << 30,
+        "Ti" => 1 << 40,
+        "Pi" => 1 << 50,
+        _ => return None,
+    };
+    n.checked_mul(unit).filter(|b| *b > 0)
 }
 
 /// A broker config error, named as the spec field the user can fix.

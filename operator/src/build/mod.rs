@@ -23,7 +23,7 @@ use crate::validate::Rendered;
 pub use config::{cluster_secret, config_map};
 pub use policy::{pod_disruption_budget, service_monitor, service_monitor_resource};
 pub use service::{client_service, headless_service};
-pub use statefulset::{stateful_set, termination_grace_seconds};
+pub use statefulset::{claims_differ, stateful_set, termination_grace_seconds};
 
 /// Where things are inside the broker pod, and the ports the operator fixes.
 pub mod paths {
@@ -51,6 +51,8 @@ pub mod paths {
     pub const CLUSTER_SECRET_FILE: &str = "/etc/hmq/cluster/secret";
     /// The port of the links between brokers.
     pub const CLUSTER_PORT: u16 = 1993;
+    /// The durable state's volume (`spec.persistence`), the broker's `persistence.dir`.
+    pub const DATA_DIR: &str = "/var/lib/hmq";
 
     /// The password file, from its key in the Secret.
     pub fn password_file(key: &str) -> String {

@@ -2,13 +2,16 @@
 
 use std::collections::BTreeMap;
 
-use k8s_openapi::api::apps::v1::{StatefulSet, StatefulSetSpec, StatefulSetUpdateStrategy};
+use k8s_openapi::api::apps::v1::{
+    StatefulSet, StatefulSetPersistentVolumeClaimRetentionPolicy, StatefulSetSpec,
+    StatefulSetUpdateStrategy,
+};
 use k8s_openapi::api::core::v1::{
     Capabilities, ConfigMapVolumeSource, Container, ContainerPort, EmptyDirVolumeSource, EnvVar,
     EnvVarSource, HTTPGetAction, Lifecycle, LifecycleHandler, ObjectFieldSelector,
-    PodSecurityContext, PodSpec, PodTemplateSpec, Probe, ResourceRequirements, SeccompProfile,
-    SecretVolumeSource, SecurityContext, SleepAction, TopologySpreadConstraint, Volume,
-    VolumeMount,
+    PersistentVolumeClaim, PersistentVolumeClaimSpec, PodSecurityContext, PodSpec, PodTemplateSpec,
+    Probe, ResourceRequirements, SeccompProfile, SecretVolumeSource, SecurityContext, SleepAction,
+    TopologySpreadConstraint, Volume, VolumeMount, VolumeResourceRequirements,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
@@ -30,10 +33,15 @@ pub const BROKER_UID: i64 = 65532;
 /// Seconds the preStop hook waits, so endpoints drop the pod before the broker drains.
 pub const PRE_STOP_SECONDS: i64 = 5;
 
-/// Grace period: the broker's `shutdownTimeout`, the preStop sleep and a margin of 5 seconds.
+/// Seconds a leaving broker has, at least, after its drain to hand its persistent sessions to
+/// the other pods (the broker's own minimum; the handover usually takes well under a second).
+pub const HANDOVER_SECONDS: i64 = 5;
+
+/// Grace period: the preStop sleep, the broker's `shutdownTimeout` (the drain of its clients),
+/// the session handover after it, and a margin of 5 seconds.
 pub fn termination_grace_seconds(rendered: &Rendered) -> i64 {
     let shutdown = i64::try_from(rendered.config.shutdown_timeout).unwrap_or(3600);
-    shutdown + PRE_STOP_SECONDS + 5
+    PRE_STOP_SECONDS + shutdown + HANDOVER_SECONDS + 5
 }
 
 /// The default broker image: the one released with this operator.
@@ -114,9 +122,85 @@ pub fn stateful_set(
                 }),
                 spec: Some(pod),
             },
+            volume_claim_templates: spec.persistence.enabled.then(|| vec![data_claim(cluster)]),
+            persistent_volume_claim_retention_policy: spec.persistence.enabled.then(|| {
+                StatefulSetPersistentVolumeClaimRetentionPolicy {
+                    when_deleted: Some(spec.persistence.when_deleted.as_str().into()),
+                    when_scaled: Some(spec.persistence.when_scaled.as_str().into()),
+                }
+            }),
             ..StatefulSetSpec::default()
         },
         ..StatefulSet::default()
+    }
+}
+
+/// Whether `existing`'s volume claim templates differ from `desired`'s in what the spec sets
+/// (names, access modes, size, class). A StatefulSet's claim templates cannot be changed in
+/// place: such a StatefulSet is deleted with its pods orphaned and applied again.
+pub fn claims_differ(existing: &StatefulSet, desired: &StatefulSet) -> bool {
+    fn key(
+        sts: &StatefulSet,
+    ) -> Vec<(
+        Option<String>,
+        Option<Vec<String>>,
+        Option<String>,
+        Option<String>,
+    )> {
+        sts.spec
+            .volume_claim_templates
+            .as_ref()
+            .map(|claims| {
+                claims
+                    .iter()
+                    .map(|c| {
+                        let spec = c.spec.as_ref();
+                        (
+                            c.metadata.name.clone(),
+                            spec.and_then(|s| s.access_modes.clone()),
+                            spec.and_then(|s| s.resources.as_ref())
+                                .and_then(|r| r.requests.as_ref())
+                                .and_then(|r| r.get("storage"))
+                                .map(|q| q.0.clone()),
+                            spec.and_then(|s| s.storage_class_name.clone()),
+                        )
+                    })
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+    let (mut have, want) = (key(existing), key(desired));
+    // A claim without a class gets the default class from the API server: not a change.
+    for (h, w) in have.iter_mut().zip(&want) {
+        if w.3.is_none() {
+            h.3 = None;
+        }
+    }
+    have != want
+}
+
+/// The claim template of the durable state's volume (`data-<pod>` once made).
+fn data_claim(cluster: &MqttCluster) -> PersistentVolumeClaim {
+    let p = &cluster.spec.persistence;
+    PersistentVolumeClaim {
+        metadata: ObjectMeta {
+            name: Some("data".into()),
+            labels: Some(selector_labels(cluster)),
+            ..ObjectMeta::default()
+        },
+        spec: Some(PersistentVolumeClaimSpec {
+            access_modes: Some(vec!["ReadWriteOnce".into()]),
+            storage_class_name: p.storage_class_name.clone(),
+            resources: Some(VolumeResourceRequirements {
+                requests: Some(BTreeMap::from([(
+                    "storage".to_owned(),
+                    Quantity(p.size.clone()),
+                )])),
+                ..VolumeResourceRequirements::default()
+            }),
+            ..PersistentVolumeClaimSpec::default()
+        }),
+        ..PersistentVolumeClaim::default()
     }
 }
 
@@ -138,6 +222,9 @@ fn container(cluster: &MqttCluster) -> Container {
     }
     if spec.auth.password_secret_name.is_some() {
         mounts.push(mount("auth", paths::AUTH_DIR));
+    }
+    if spec.persistence.enabled {
+        mounts.push(mount("data", paths::DATA_DIR));
     }
     let probe = |path: &str, failure_threshold| Probe {
         http_get: Some(HTTPGetAction {
@@ -209,7 +296,7 @@ fn mount(volume: &str, path: &str) -> VolumeMount {
     VolumeMount {
         name: volume.to_owned(),
         mount_path: path.to_owned(),
-        read_only: Some(volume != "tmp"),
+        read_only: Some(volume != "tmp" && volume != "data"),
         ..VolumeMount::default()
     }
 }

@@ -123,8 +123,8 @@ fn minimal_cluster_gets_the_defaults() {
         .and_then(|h| h.sleep.as_ref())
         .unwrap();
     assert_eq!(sleep.seconds, 5);
-    // shutdownTimeout 25 + preStop 5 + 5.
-    assert_eq!(pod(sts).termination_grace_period_seconds, Some(35));
+    // preStop 5 + shutdownTimeout 25 + the session handover 5 + 5.
+    assert_eq!(pod(sts).termination_grace_period_seconds, Some(40));
     let security = container.security_context.as_ref().unwrap();
     assert_eq!(security.read_only_root_filesystem, Some(true));
     assert_eq!(security.allow_privilege_escalation, Some(false));
@@ -144,7 +144,10 @@ fn minimal_cluster_gets_the_defaults() {
         .iter()
         .map(|m| m.mount_path.as_str())
         .collect();
-    assert_eq!(mounts, ["/etc/hmq", "/tmp", "/etc/hmq/cluster"]);
+    assert_eq!(
+        mounts,
+        ["/etc/hmq", "/tmp", "/etc/hmq/cluster", "/var/lib/hmq"]
+    );
     let annotations = sts
         .spec
         .template
@@ -217,7 +220,7 @@ fn tls_listeners_client_certificates_and_overrides() {
         .collect();
     assert!(mounts.contains(&"/etc/hmq/tls") && mounts.contains(&"/etc/hmq/auth"));
     // shutdownTimeout 40 from the config.
-    assert_eq!(pod(sts).termination_grace_period_seconds, Some(50));
+    assert_eq!(pod(sts).termination_grace_period_seconds, Some(55));
     // The spec's spread constraint replaces the default one.
     let spread = pod(sts).topology_spread_constraints.as_ref().unwrap();
     assert_eq!(spread.len(), 1);
@@ -353,6 +356,172 @@ fn config_hash_follows_hmq_config_only() {
         original,
         "writing a default out does not change the rendered file"
     );
+}
+
+#[test]
+fn persistence_is_on_by_default_a_volume_per_pod_with_the_broker_keys() {
+    let c = cluster(MINIMAL);
+    let d = desired(&c, None);
+    let config = config_json(&d);
+    assert_eq!(config["persistence"]["dir"], "/var/lib/hmq");
+    // 90% of the default 1Gi volume.
+    assert_eq!(config["persistence"]["maxDiskBytes"], (1u64 << 30) / 10 * 9);
+    let sts = &d.stateful_set;
+    let spec = &sts.spec;
+    let claims = spec.volume_claim_templates.as_ref().unwrap();
+    assert_eq!(claims.len(), 1);
+    assert_eq!(claims[0].metadata.name.as_deref(), Some("data"));
+    let claim = claims[0].spec.as_ref().unwrap();
+    assert_eq!(
+        claim.access_modes.as_deref(),
+        Some(&["ReadWriteOnce".to_owned()][..])
+    );
+    assert_eq!(
+        claim.resources.as_ref().unwrap().requests.as_ref().unwrap()["storage"].0,
+        "1Gi"
+    );
+    assert_eq!(claim.storage_class_name, None);
+    let retention = spec
+        .persistent_volume_claim_retention_policy
+        .as_ref()
+        .unwrap();
+    assert_eq!(retention.when_deleted.as_deref(), Some("Retain"));
+    assert_eq!(retention.when_scaled.as_deref(), Some("Retain"));
+    let data = broker(sts)
+        .volume_mounts
+        .as_ref()
+        .unwrap()
+        .iter()
+        .find(|m| m.name == "data")
+        .unwrap();
+    assert_eq!(data.mount_path, "/var/lib/hmq");
+    assert_eq!(data.read_only, Some(false));
+    // The volume is writable by the broker's group.
+    assert_eq!(
+        pod(sts).security_context.as_ref().unwrap().fs_group,
+        Some(65532)
+    );
+}
+
+#[test]
+fn persistence_follows_the_spec_and_can_be_turned_off() {
+    let c = cluster(
+        "apiVersion: hmq.io/v1alpha1\nkind: MqttCluster\nmetadata: {name: m, namespace: n}\n\
+         spec:\n  persistence: {size: 20Gi, storageClassName: fast, whenDeleted: Delete, \
+         whenScaled: Delete}\n  config: {persistence: {sync: always, maxDiskBytes: 1000000}}\n",
+    );
+    let d = desired(&c, None);
+    let config = config_json(&d);
+    assert_eq!(config["persistence"]["sync"], "always");
+    assert_eq!(
+        config["persistence"]["maxDiskBytes"], 1_000_000,
+        "the user's value wins"
+    );
+    let spec = &d.stateful_set.spec;
+    let claim = spec.volume_claim_templates.as_ref().unwrap()[0]
+        .spec
+        .as_ref()
+        .unwrap();
+    assert_eq!(claim.storage_class_name.as_deref(), Some("fast"));
+    assert_eq!(
+        claim.resources.as_ref().unwrap().requests.as_ref().unwrap()["storage"].0,
+        "20Gi"
+    );
+    let retention = spec
+        .persistent_volume_claim_retention_policy
+        .as_ref()
+        .unwrap();
+    assert_eq!(retention.when_deleted.as_deref(), Some("Delete"));
+    assert_eq!(retention.when_scaled.as_deref(), Some("Delete"));
+
+    let off = cluster(
+        "apiVersion: hmq.io/v1alpha1\nkind: MqttCluster\nmetadata: {name: m, namespace: n}\n\
+         spec: {persistence: {enabled: false}}\n",
+    );
+    let d = desired(&off, None);
+    let config = config_json(&d);
+    assert_eq!(
+        config["persistence"]["dir"],
+        serde_json::Value::Null,
+        "state in memory"
+    );
+    assert_eq!(config["persistence"]["maxDiskBytes"], 0);
+    let spec = &d.stateful_set.spec;
+    assert!(spec.volume_claim_templates.is_none());
+    assert!(spec.persistent_volume_claim_retention_policy.is_none());
+    assert!(
+        !broker(&d.stateful_set)
+            .volume_mounts
+            .as_ref()
+            .unwrap()
+            .iter()
+            .any(|m| m.name == "data")
+    );
+
+    // The directory is the operator's; a size it cannot read is refused.
+    for (spec, field, message) in [
+        (
+            "{config: {persistence: {dir: /tmp/x}}}",
+            "spec.config.persistence.dir",
+            "set by the operator",
+        ),
+        (
+            "{persistence: {size: lots}}",
+            "spec.persistence.size",
+            "is not a size",
+        ),
+    ] {
+        let text = format!(
+            "apiVersion: hmq.io/v1alpha1\nkind: MqttCluster\nmetadata: {{name: m, namespace: n}}\nspec: {spec}\n"
+        );
+        let err = rendered(&cluster(&text)).unwrap_err();
+        assert_eq!(err.field, field, "{err}");
+        assert!(err.message.contains(message), "{err}");
+    }
+}
+
+#[test]
+fn a_changed_claim_template_is_seen_but_the_default_class_is_not_a_change() {
+    let with = desired(&cluster(MINIMAL), None).stateful_set;
+    let off = cluster(
+        "apiVersion: hmq.io/v1alpha1\nkind: MqttCluster\nmetadata: {name: mqtt, namespace: iot}\n\
+         spec: {persistence: {enabled: false}}\n",
+    );
+    let without = desired(&off, None).stateful_set;
+    assert!(claims_differ(&without, &with), "persistence turned on");
+    assert!(claims_differ(&with, &without), "persistence turned off");
+    assert!(!claims_differ(&with, &with.clone()));
+    // The API server fills in the default StorageClass: the same template.
+    let mut served = with.clone();
+    let claim = &mut served.spec.volume_claim_templates.as_mut().unwrap()[0];
+    claim.spec.as_mut().unwrap().storage_class_name = Some("standard".into());
+    assert!(!claims_differ(&served, &with));
+    // Another size is a change.
+    let bigger = cluster(
+        "apiVersion: hmq.io/v1alpha1\nkind: MqttCluster\nmetadata: {name: mqtt, namespace: iot}\n\
+         spec: {persistence: {size: 5Gi}}\n",
+    );
+    assert!(claims_differ(&with, &desired(&bigger, None).stateful_set));
+}
+
+#[test]
+fn volume_sizes_are_read_as_kubernetes_writes_them() {
+    use crate::validate::quantity_bytes;
+    assert_eq!(quantity_bytes("1Gi"), Some(1 << 30));
+    assert_eq!(quantity_bytes("512Mi"), Some(512 << 20));
+    assert_eq!(quantity_bytes("10G"), Some(10_000_000_000));
+    assert_eq!(quantity_bytes("1000"), Some(1000));
+    for bad in [
+        "",
+        "0",
+        "1.5Gi",
+        "Gi",
+        "1gi",
+        "-1Gi",
+        "99999999999999999999Pi",
+    ] {
+        assert_eq!(quantity_bytes(bad), None, "{bad}");
+    }
 }
 
 #[test]

@@ -319,8 +319,9 @@ async fn apply_all(
     apply(client, namespace, &desired.config_map).await?;
     apply(client, namespace, &desired.headless_service).await?;
     let client_service = apply(client, namespace, &desired.client_service).await?;
-    let stateful_set = apply(client, namespace, &desired.stateful_set).await?;
     let name = names::main(&cluster.name_any());
+    recreate_if_claims_changed(client, namespace, &name, &desired.stateful_set, cluster).await?;
+    let stateful_set = apply(client, namespace, &desired.stateful_set).await?;
     let pdbs: Api<PodDisruptionBudget> = Api::namespaced(client.clone(), namespace);
     match &desired.pod_disruption_budget {
         Some(pdb) => {
@@ -345,6 +346,44 @@ async fn apply_all(
         client_service,
         stateful_set,
     })
+}
+
+/// A StatefulSet's volume claim templates cannot change (`spec.persistence` turned on for a
+/// cluster made without it, another size or class): the StatefulSet is deleted with its pods
+/// orphaned, so they keep serving, and the apply after this makes it again; the pods then roll
+/// one at a time onto the new template. Existing claims keep their size.
+async fn recreate_if_claims_changed(
+    client: &Client,
+    namespace: &str,
+    name: &str,
+    desired: &StatefulSet,
+    cluster: &MqttCluster,
+) -> Result<(), Error> {
+    let api: Api<StatefulSet> = Api::namespaced(client.clone(), namespace);
+    let Some(existing) = api.get_opt(name).await? else {
+        return Ok(());
+    };
+    if !controlled_by(existing.meta(), cluster) || !build::claims_differ(&existing, desired) {
+        return Ok(());
+    }
+    info!(cluster = %cluster.name_any(), statefulset = name,
+        "volume claim templates changed: re-creating the StatefulSet (its pods keep running)");
+    let orphan = DeleteParams {
+        propagation_policy: Some(kube::api::PropagationPolicy::Orphan),
+        ..DeleteParams::default()
+    };
+    match api.delete(name, &orphan).await {
+        Ok(_) => {}
+        Err(kube::Error::Api(status)) if status.is_not_found() => return Ok(()),
+        Err(err) => return Err(err.into()),
+    }
+    for _ in 0..60 {
+        if api.get_opt(name).await?.is_none() {
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    Ok(())
 }
 
 /// Server-side apply of one namespaced object.

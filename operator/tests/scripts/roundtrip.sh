@@ -5,8 +5,9 @@
 #   1. write an MqttCluster (MQTT, MQTT/TLS, WebSocket, a password Secret, ACL rules, metrics)
 #      on free loopback ports, and `hmq-operator render` it
 #   2. take hmq.config and acl.conf from the rendered ConfigMap; rewrite the pod paths
-#      (/etc/hmq/...) to a temporary directory holding what the Secrets would: a TLS
-#      certificate (openssl), a password file (hmq passwd) and the cluster secret
+#      (/etc/hmq/..., and /var/lib/hmq, the durable state's volume) to a temporary directory
+#      holding what the Secrets would: a TLS certificate (openssl), a password file (hmq passwd)
+#      and the cluster secret
 #   3. run `hmq -c <dir>/hmq.config` and check with mosquitto_pub/mosquitto_sub and curl:
 #      authentication, the ACL, TLS, the WebSocket upgrade, /readyz, /metrics, and a clean
 #      exit on SIGTERM
@@ -91,7 +92,7 @@ for document in yaml.safe_load_all(open(f"{work}/rendered.yaml")):
     if document and document["kind"] == "ConfigMap":
         for name, text in document["data"].items():
             with open(f"{work}/{name}", "w") as f:
-                f.write(text.replace("/etc/hmq", work))
+                f.write(text.replace("/etc/hmq", work).replace("/var/lib/hmq", f"{work}/data"))
 EOF
 [[ -s $work/hmq.config && -s $work/acl.conf ]] || fail "the rendered ConfigMap has no hmq.config or acl.conf"
 
@@ -124,6 +125,10 @@ start() {
 }
 start || fail "the broker did not start with the rendered config"
 ok "broker started from the rendered hmq.config; /readyz answers"
+# spec.persistence is on by default: the broker keeps its state in the volume's directory.
+grep -q '"dir": "'"$work"'/data"' "$work/hmq.config" || fail "hmq.config does not put the durable state in the volume"
+[[ -d $work/data ]] && [[ -n $(ls -A "$work/data") ]] || fail "the broker wrote no durable state in $work/data"
+ok "durable state in the volume's directory (spec.persistence)"
 
 sub() { # sub PORT USER PASSWORD TOPIC [mosquitto options]: one message within 5 s, to stdout
     local port=$1 user=$2 password=$3 topic=$4
