@@ -139,14 +139,14 @@ pub fn stateful_set(
 /// (names, access modes, size, class). A StatefulSet's claim templates cannot be changed in
 /// place: such a StatefulSet is deleted with its pods orphaned and applied again.
 pub fn claims_differ(existing: &StatefulSet, desired: &StatefulSet) -> bool {
-    fn key(
-        sts: &StatefulSet,
-    ) -> Vec<(
+    /// Name, access modes, size, class.
+    type Claim = (
         Option<String>,
         Option<Vec<String>>,
         Option<String>,
         Option<String>,
-    )> {
+    );
+    fn key(sts: &StatefulSet) -> Vec<Claim> {
         sts.spec
             .volume_claim_templates
             .as_ref()
