@@ -324,13 +324,13 @@ impl Broker {
             journaled |= self.store_retained(msg);
         }
         let (routed, peers) = match self.cluster.get() {
-            None => (self.route_message(msg, true, |_| true), 0),
+            None => (self.route_message(msg, true, false, |_| true), 0),
             Some(cluster) => {
                 let mut plan = cluster.plan(&msg.topic);
                 let mut routed = if plan.is_empty() {
-                    self.route_message(msg, true, |_| true)
+                    self.route_message(msg, true, false, |_| true)
                 } else {
-                    self.route_message(msg, true, |g| cluster.pick_local_group(&mut plan, g))
+                    self.route_message(msg, true, false, |g| cluster.pick_local_group(&mut plan, g))
                 };
                 let (sent, peer) = cluster.send(msg, plan);
                 routed.congested = routed.congested.or(peer.map(|p| Congestion {
@@ -360,7 +360,7 @@ impl Broker {
             // bounds what clients can make the broker keep.
             self.retained.set_unbounded(msg);
         }
-        self.route_message(msg, true, |_| true);
+        self.route_message(msg, true, false, |_| true);
     }
 
     /// Publishes a notification the broker originates that subscribers on every node of a
@@ -370,7 +370,7 @@ impl Broker {
             None => self.publish_internal(msg),
             Some(cluster) => {
                 let mut plan = cluster.plan(&msg.topic);
-                self.route_message(msg, true, |g| cluster.pick_local_group(&mut plan, g));
+                self.route_message(msg, true, false, |g| cluster.pick_local_group(&mut plan, g));
                 cluster.send(msg, plan);
             }
         }
@@ -394,7 +394,7 @@ impl Broker {
         if msg.retain {
             self.store_retained(&msg);
         }
-        self.route_message(&msg, f.plain, |g| f.groups.iter().any(|x| x == g))
+        self.route_message(&msg, f.plain, f.resent, |g| f.groups.iter().any(|x| x == g))
             .congested
     }
 
@@ -441,10 +441,13 @@ impl Broker {
         self.cluster.get().is_none_or(|c| c.synced())
     }
 
+    /// `dup`: the message may have been delivered here before (a peer resends it after this
+    /// node restarted): it goes out with DUP.
     fn route_message(
         &self,
         msg: &Arc<Message>,
         plain: bool,
+        dup: bool,
         group: impl FnMut(&str) -> bool,
     ) -> Routed {
         // The first congested subscriber that the broker is behind on, and the first whose own
@@ -472,7 +475,11 @@ impl Broker {
                         }
                     }
                     let journals = session.journals(qos, durable);
-                    match session.deliver(Delivery::new(msg.clone(), qos, false), policy, durable) {
+                    let d = Delivery {
+                        dup,
+                        ..Delivery::new(msg.clone(), qos, false)
+                    };
+                    match session.deliver(d, policy, durable) {
                         Enqueued::Queued => journaled |= journals,
                         Enqueued::Congested => {
                             journaled |= journals;

@@ -1,15 +1,13 @@
-//! Cluster links: discovery of the peers, the dialling side (which sends this node's routes
-//! and messages to one peer), and the accepting side (which applies what a peer sends).
+//! Cluster links: the dialling side (which sends this node's routes and messages to one peer),
+//! and the accepting side (which applies what a peer sends). Discovery, which runs one dial loop
+//! per address it finds, is in [`discovery`](super::discovery).
 //!
-//! Discovery resolves the `router` name (all its A/AAAA records, e.g. a Kubernetes headless
-//! Service) and the static `cluster.peers` every `cluster.discoveryInterval`, and runs one dial
-//! loop per address. A dial loop that reaches this node itself (its own name in the handshake)
+//! A dial loop that reaches this node itself (its own name in the handshake)
 //! goes idle; one that reaches a peer already linked through another address backs off. A
 //! failed or broken link is dialled again with a growing pause (0.2 s to 5 s).
 
 use bytes::BytesMut;
 use futures_util::{FutureExt, StreamExt};
-use std::collections::HashMap;
 use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -272,9 +270,13 @@ async fn run_outbound(
         }
         cluster.queued.fetch_sub(acked, Ordering::Relaxed);
         cluster.metrics.forwarded.inc_by(acked);
+        // Written on the previous link and not acknowledged: perhaps delivered by the peer
+        // before it restarted (it then says so with a smaller last_seq).
+        let resend_upto = out.written;
         out.written = link.last_seq;
-        local.filters()
+        (local.filters(), resend_upto)
     };
+    let (filters, resend_upto) = filters;
     write_frames(&mut link.writer, &[Frame::Routes { filters }]).await?;
     let mut retained = Vec::new();
     broker.retained.matching("#", &mut retained);
@@ -292,6 +294,7 @@ async fn run_outbound(
                     plain: false,
                     groups: Vec::new(),
                     mid: m.mid,
+                    resent: false,
                 })
             })
             .collect();
@@ -339,6 +342,7 @@ async fn run_outbound(
                 if link.version >= 2 {
                     frames.extend(out.messages.range(start..end).map(|m| Frame::Publish2 {
                         mid: m.mid,
+                        resent: m.seq <= resend_upto,
                         forward: m.clone(),
                     }));
                 } else {
@@ -391,7 +395,7 @@ async fn run_outbound(
 }
 
 /// Dials `addr` until `cancel`, keeping one link up.
-async fn dial_loop(
+pub(super) async fn dial_loop(
     cluster: Arc<Cluster>,
     broker: Arc<Broker>,
     addr: SocketAddr,
@@ -679,9 +683,14 @@ async fn inbound(
         };
         let frame = match decode(item)? {
             // Version 2 carries the message's id beside it; the rest is handled alike.
-            Frame::Publish2 { mid, mut forward } => {
+            Frame::Publish2 {
+                mid,
+                resent,
+                mut forward,
+            } => {
                 if let Some(f) = Arc::get_mut(&mut forward) {
                     f.mid = mid;
+                    f.resent = resent;
                 }
                 Frame::Publish(forward)
             }
@@ -794,87 +803,4 @@ async fn inbound(
     }
 }
 
-/// Where discovery looks for peers.
-#[derive(Debug, Clone)]
-pub struct Discovery {
-    /// `router`: a DNS name (or name:port) whose records are all peers.
-    pub router: Option<String>,
-    /// `cluster.peers`: host:port of each.
-    pub peers: Vec<String>,
-    /// The cluster port, for a router name without a port.
-    pub port: u16,
-    /// Between two resolutions.
-    pub interval: Duration,
-}
-
-async fn resolve(d: &Discovery) -> Option<Vec<SocketAddr>> {
-    let mut out = Vec::new();
-    let mut failed = false;
-    let mut targets: Vec<(String, u16)> = Vec::new();
-    if let Some(router) = &d.router {
-        match crate::config::split_port(router) {
-            Some((host, port)) => targets.push((host.to_owned(), port)),
-            None => targets.push((router.clone(), d.port)),
-        }
-    }
-    for p in &d.peers {
-        if let Some((host, port)) = crate::config::split_port(p) {
-            targets.push((host.to_owned(), port));
-        }
-    }
-    for (host, port) in targets {
-        match tokio::net::lookup_host((host.as_str(), port)).await {
-            Ok(addrs) => out.extend(addrs),
-            Err(e) => {
-                debug!(host, error = %e, "cluster discovery: cannot resolve");
-                failed = true;
-            }
-        }
-    }
-    out.sort();
-    out.dedup();
-    // A failed lookup with nothing found keeps the previous peers (a DNS blip must not cut
-    // links); a partial answer is used.
-    (!(failed && out.is_empty())).then_some(out)
-}
-
-/// Resolves the peers every interval and keeps one dial loop per address, until `shutdown`.
-pub async fn discover(
-    cluster: Arc<Cluster>,
-    broker: Arc<Broker>,
-    discovery: Discovery,
-    shutdown: CancellationToken,
-) {
-    let mut dialers: HashMap<SocketAddr, CancellationToken> = HashMap::new();
-    let mut tick = tokio::time::interval(discovery.interval);
-    loop {
-        tokio::select! {
-            _ = tick.tick() => {}
-            _ = shutdown.cancelled() => break,
-        }
-        if let Some(addrs) = resolve(&discovery).await {
-            dialers.retain(|addr, token| {
-                let keep = addrs.contains(addr);
-                if !keep {
-                    debug!(%addr, "cluster address no longer discovered");
-                    token.cancel();
-                }
-                keep
-            });
-            for addr in addrs {
-                if dialers.contains_key(&addr) {
-                    continue;
-                }
-                let token = shutdown.child_token();
-                dialers.insert(addr, token.clone());
-                cluster.pending_dials.fetch_add(1, Ordering::Relaxed);
-                tokio::spawn(dial_loop(cluster.clone(), broker.clone(), addr, token));
-            }
-        }
-        cluster.discovered.store(true, Ordering::Relaxed);
-        cluster.forget_gone_peers(|_| false);
-    }
-    for token in dialers.values() {
-        token.cancel();
-    }
-}
+pub use super::discovery::{Discovery, discover};

@@ -15,6 +15,7 @@
 //!
 //! Links, the handshake and discovery are in [`link`]; the frames in [`proto`].
 
+pub mod discovery;
 pub mod link;
 pub mod moves;
 pub mod proto;
@@ -504,6 +505,7 @@ impl Cluster {
                 plain,
                 groups,
                 mid: msg.mid,
+                resent: false,
             };
             match self.enqueue(peer, f) {
                 Enqueued::Dropped => {}

@@ -129,6 +129,9 @@ pub enum Frame {
     Publish2 {
         /// The message's id.
         mid: Mid,
+        /// Written on an earlier link to the acceptor, which did not acknowledge it before that
+        /// link ended: the acceptor may have delivered it already (it restarted since).
+        resent: bool,
         /// The message.
         forward: std::sync::Arc<Forward>,
     },
@@ -271,6 +274,9 @@ pub struct Forward {
     /// encoding (so `Publish` stays what the previous release reads).
     #[serde(skip)]
     pub mid: Mid,
+    /// Carried by `Publish2` (see there); not part of the version 1 encoding.
+    #[serde(skip)]
+    pub resent: bool,
 }
 
 /// Why a frame could not be encoded or decoded.
@@ -420,6 +426,7 @@ mod tests {
                 plain: true,
                 groups: vec!["g".into()],
                 mid: (0, 0),
+                resent: false,
             })),
             Frame::Ack { seq: u64::MAX },
             Frame::Ping,
@@ -451,6 +458,7 @@ mod tests {
             plain: true,
             groups: Vec::new(),
             mid,
+            resent: false,
         })
     }
 
@@ -464,6 +472,7 @@ mod tests {
         let v1_last = Frame::Pong.encode().unwrap()[0];
         let v2_first = Frame::Publish2 {
             mid: (1, 2),
+            resent: false,
             forward: forward((1, 2)),
         }
         .encode()
@@ -477,6 +486,7 @@ mod tests {
         let frames = [
             Frame::Publish2 {
                 mid: (u64::MAX, 7),
+                resent: true,
                 forward: forward((u64::MAX, 7)),
             },
             Frame::Claim {
@@ -535,8 +545,19 @@ mod tests {
             assert_eq!(f.version(), 2, "{}", f.kind());
             let back = Frame::decode(&f.encode().unwrap()).unwrap();
             match (&back, f) {
-                (Frame::Publish2 { mid, forward }, Frame::Publish2 { mid: want, .. }) => {
-                    assert_eq!(mid, want);
+                (
+                    Frame::Publish2 {
+                        mid,
+                        resent,
+                        forward,
+                    },
+                    Frame::Publish2 {
+                        mid: want,
+                        resent: was,
+                        ..
+                    },
+                ) => {
+                    assert_eq!((mid, resent), (want, was));
                     assert_eq!(forward.topic, "t");
                 }
                 _ => assert_eq!(&back, f),
