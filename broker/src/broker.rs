@@ -614,6 +614,32 @@ impl Broker {
         }
     }
 
+    /// Puts back the subscriptions of a session read from the durable store or moved from
+    /// another node (`subscriptions` as the record keeps them) into the router, the cluster's
+    /// route table and `core`. What the rules no longer allow outright is checked per message,
+    /// as after an ACL reload; a filter this configuration refuses is dropped, with a warning.
+    pub fn restore_subscriptions(
+        &self,
+        session: &Arc<Session>,
+        core: &mut SessionCore,
+        subscriptions: &[(String, u8)],
+    ) {
+        let acl = session.acl();
+        for (raw, qos) in subscriptions {
+            let (Ok(sub), Some(qos)) = (
+                parse_subscription(raw, &self.settings.topics),
+                QoS::from_u8(*qos),
+            ) else {
+                tracing::warn!(client_id = %session.client_id(), filter = %raw,
+                    "stored or moved subscription not valid under this configuration: dropped");
+                continue;
+            };
+            let check = acl.subscribe(sub.filter) != crate::acl::SubscribeCheck::Allow;
+            self.restore_subscription(session, &sub, qos, check);
+            core.subscriptions.insert(raw.clone(), qos);
+        }
+    }
+
     /// Removes one subscription of a session. Returns true if it existed.
     pub fn unsubscribe(&self, session_id: u64, sub: &Subscription<'_>) -> bool {
         let removed = self.router.unsubscribe(session_id, sub);
@@ -674,18 +700,12 @@ impl Broker {
         if !session.is_journaled() {
             return;
         }
-        let who = session.identity();
+        let (username, ip) = session.stored_identity();
         let record = SessionRecord {
             client_id: session.client_id().to_string(),
-            subscriptions: core
-                .subscriptions
-                .iter()
-                .map(|(f, q)| (f.clone(), *q as u8))
-                .collect(),
-            username: who
-                .as_ref()
-                .and_then(|w| w.username.as_deref().map(str::to_owned)),
-            ip: who.map(|w| w.ip.to_string()),
+            subscriptions: core.stored_subscriptions(),
+            username,
+            ip,
             offline_since_ms,
             claim: session.claim(),
         };

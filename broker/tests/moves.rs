@@ -182,7 +182,7 @@ async fn concurrent_connects_of_one_id_to_two_nodes_end_with_one_owner() {
 
 #[tokio::test]
 async fn a_stopping_node_hands_its_sessions_to_the_others() {
-    let (_, n1, n2, n3) = three_nodes_linked().await;
+    let (_, n1, n2, n3) = three_nodes().await;
     let ids: Vec<String> = (0..20).map(|i| format!("leaver-{i}")).collect();
     for id in &ids {
         let (mut c, _) = Client::connect(n3.addr, &Opts::id(id).persistent()).await;
@@ -222,15 +222,6 @@ async fn a_stopping_node_hands_its_sessions_to_the_others() {
     for b in [n1, n2] {
         b.stop().await;
     }
-}
-
-async fn three_nodes_linked() -> (u16, TestBroker, TestBroker, TestBroker) {
-    let port = free_port();
-    let n1 = node(1, port, all_peers(port, 3)).await;
-    let n2 = node(2, port, all_peers(port, 3)).await;
-    let n3 = node(3, port, all_peers(port, 3)).await;
-    wait_mesh(&[&n1, &n2, &n3]).await;
-    (port, n1, n2, n3)
 }
 
 #[tokio::test]

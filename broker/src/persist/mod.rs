@@ -129,6 +129,8 @@ pub struct Durable {
     doorbell: Condvar,
     /// Sessions holding acknowledgements until an epoch is durable.
     waiters: Mutex<Vec<(u64, std::sync::Weak<Session>)>>,
+    /// Woken after every commit, for tasks waiting in `until_durable`.
+    committed: tokio::sync::Notify,
     /// New durable changes are refused: the disk is full, or commits keep failing.
     refusing: AtomicBool,
     stopping: AtomicBool,
@@ -176,6 +178,7 @@ impl Durable {
             dirty: Mutex::new(false),
             doorbell: Condvar::new(),
             waiters: Mutex::new(Vec::new()),
+            committed: tokio::sync::Notify::new(),
             refusing: AtomicBool::new(false),
             stopping: AtomicBool::new(false),
             next_pid: AtomicU64::new(recovered.max_pid + 1),
@@ -363,7 +366,24 @@ impl Durable {
         }
     }
 
+    /// Waits (at most `limit`) until `ticket` is durable; whether it is.
+    pub async fn until_durable(&self, ticket: u64, limit: std::time::Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + limit;
+        loop {
+            let committed = self.committed.notified();
+            let mut committed = std::pin::pin!(committed);
+            committed.as_mut().enable();
+            if self.is_durable(ticket) {
+                return true;
+            }
+            if tokio::time::timeout_at(deadline, committed).await.is_err() {
+                return self.is_durable(ticket);
+            }
+        }
+    }
+
     fn wake_waiters(&self) {
+        self.committed.notify_waiters();
         let durable = self.durable.load(Ordering::Acquire);
         let ready: Vec<std::sync::Weak<Session>> = {
             let mut w = self.waiters.lock();

@@ -4,7 +4,6 @@
 //! DUP), their QoS 2 ids awaiting PUBREL; retained messages. What belongs to nothing is
 //! deleted.
 
-use std::net::{IpAddr, Ipv4Addr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -13,12 +12,10 @@ use tracing::warn;
 use super::Durable;
 use super::record::QueueState;
 use super::recover::Recovered;
-use crate::acl::SubscribeCheck;
 use crate::broker::Broker;
 use crate::codec::QoS;
 use crate::message::{Delivery, now_millis};
 use crate::session::{Awaiting, ClientIdentity, Session, SessionCore};
-use crate::topic::parse_subscription;
 
 /// Applies `recovered` to `broker` (empty, not serving yet).
 pub fn apply(broker: &Broker, durable: &Durable, recovered: Recovered) {
@@ -34,36 +31,14 @@ pub fn apply(broker: &Broker, durable: &Durable, recovered: Recovered) {
         ));
         session.set_journaled(true);
         session.set_claim(rs.record.claim);
-        let identity = ClientIdentity {
-            client_id: session.client_id().clone(),
-            username: rs.record.username.as_deref().map(Arc::from),
-            ip: rs
-                .record
-                .ip
-                .as_deref()
-                .and_then(|ip| ip.parse().ok())
-                .unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED)),
-        };
+        let identity = ClientIdentity::stored(
+            session.client_id().clone(),
+            rs.record.username.as_deref(),
+            rs.record.ip.as_deref(),
+        );
         session.set_access(identity.clone(), broker.client_acl(&identity));
         let mut core = SessionCore::default();
-        {
-            let acl = session.acl();
-            for (raw, qos) in rs.record.subscriptions {
-                let (Ok(sub), Some(qos)) = (
-                    parse_subscription(&raw, &broker.settings.topics),
-                    QoS::from_u8(qos),
-                ) else {
-                    warn!(client_id = %session.client_id(), filter = %raw,
-                        "stored subscription no longer valid under this configuration: dropped");
-                    continue;
-                };
-                // As after an ACL reload: what the rules no longer allow outright is checked
-                // per message.
-                let check = acl.subscribe(sub.filter) != SubscribeCheck::Allow;
-                broker.restore_subscription(&session, &sub, qos, check);
-                core.subscriptions.insert(raw, qos);
-            }
-        }
+        broker.restore_subscriptions(&session, &mut core, &rs.record.subscriptions);
         // Connected when the broker died: what it had queued may have gone out already (the
         // "sent" mark is written behind the send), so it goes out with DUP.
         let maybe_sent = unclean && rs.record.offline_since_ms.is_none();

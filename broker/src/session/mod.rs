@@ -387,6 +387,18 @@ impl ClientIdentity {
             ip: self.ip,
         }
     }
+
+    /// The identity a stored or moved session record names (user name and address as text;
+    /// an address that does not parse is the unspecified one).
+    pub fn stored(client_id: Arc<str>, username: Option<&str>, ip: Option<&str>) -> ClientIdentity {
+        ClientIdentity {
+            client_id,
+            username: username.map(Arc::from),
+            ip: ip
+                .and_then(|ip| ip.parse().ok())
+                .unwrap_or(IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED)),
+        }
+    }
 }
 
 /// A client's session. See the module documentation.
@@ -554,6 +566,17 @@ impl Session {
             ip: who.1,
             client_id: self.client_id.clone(),
         })
+    }
+
+    /// The user name and address of its last connection, as a stored or moved record keeps
+    /// them.
+    pub fn stored_identity(&self) -> (Option<String>, Option<String>) {
+        let who = self.identity();
+        (
+            who.as_ref()
+                .and_then(|w| w.username.as_deref().map(str::to_owned)),
+            who.map(|w| w.ip.to_string()),
+        )
     }
 
     /// The client's compiled ACL (allow-all until set).
@@ -737,6 +760,16 @@ pub struct SessionCore {
     /// Inbound QoS 2 packet ids received and not yet released: a PUBLISH retransmitted with one
     /// of these ids is not routed again (exactly once).
     pub awaiting_rel: BTreeSet<u16>,
+}
+
+impl SessionCore {
+    /// Its subscriptions as a stored or moved record keeps them: filter, granted QoS.
+    pub fn stored_subscriptions(&self) -> Vec<(String, u8)> {
+        self.subscriptions
+            .iter()
+            .map(|(f, q)| (f.clone(), *q as u8))
+            .collect()
+    }
 }
 
 #[cfg(test)]

@@ -47,15 +47,7 @@ mixed_cleanup() {
     done
     for n in a b; do
         [[ -n ${PID[$n]:-} ]] || continue
-        for ((i = 0; i < 100; i++)); do
-            alive "${PID[$n]}" || break
-            sleep 0.1
-        done
-        if alive "${PID[$n]}"; then
-            echo "FAIL: node $n did not exit within 10 s of SIGTERM" >&2
-            kill -KILL "${PID[$n]}" 2>/dev/null || true
-            rc=1
-        fi
+        exit_or_kill "${PID[$n]}" "node $n" || rc=1
     done
     if ((rc != 0)); then
         for n in a b; do

@@ -76,10 +76,23 @@ start_broker() {
     die "could not start hmq"
 }
 
+# exit_or_kill PID NAME: waits (at most 10 s) for PID, already sent SIGTERM, to exit; otherwise
+# says so, kills it and returns non-zero.
+exit_or_kill() {
+    local pid=$1 name=$2 i
+    for ((i = 0; i < 100; i++)); do
+        alive "$pid" || return 0
+        sleep 0.1
+    done
+    echo "FAIL: $name did not exit within 10 s of SIGTERM; killing it" >&2
+    kill -KILL "$pid" 2>/dev/null || true
+    return 1
+}
+
 # Stops the broker with SIGTERM (SIGKILL after 10 s). Returns non-zero, with a message, if the
 # broker had already died or did not exit with status 0 (a clean shutdown exits 0).
 stop_broker() {
-    local pid=$BROKER_PID status=0 i
+    local pid=$BROKER_PID status=0
     [[ -n $pid ]] || return 0
     BROKER_PID=""
     if ! alive "$pid"; then
@@ -88,13 +101,7 @@ stop_broker() {
         return 1
     fi
     kill -TERM "$pid" 2>/dev/null || true
-    for ((i = 0; i < 100; i++)); do
-        alive "$pid" || break
-        sleep 0.1
-    done
-    if alive "$pid"; then
-        echo "FAIL: hmq did not exit within 10 s of SIGTERM; killing it" >&2
-        kill -KILL "$pid" 2>/dev/null || true
+    if ! exit_or_kill "$pid" hmq; then
         wait "$pid" 2>/dev/null || true
         return 1
     fi

@@ -57,15 +57,7 @@ netns_cleanup() {
     for n in "${NODES[@]}"; do
         pid=$(node_pid "$n")
         [[ -n $pid ]] || continue
-        for ((i = 0; i < 100; i++)); do
-            alive "$pid" || break
-            sleep 0.1
-        done
-        if alive "$pid"; then
-            echo "FAIL: node $n did not exit within 10 s of SIGTERM; killing it" >&2
-            kill -KILL "$pid" 2>/dev/null || true
-            rc=1
-        fi
+        exit_or_kill "$pid" "node $n" || rc=1
     done
     for ns in "${MADE_NS[@]}"; do
         for pid in $(ip netns pids "$ns" 2>/dev/null); do

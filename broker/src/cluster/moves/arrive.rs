@@ -139,34 +139,15 @@ pub(super) async fn install(
             ));
             session.set_journaled(durable.is_some());
             session.set_claim(base.claim);
-            let identity = ClientIdentity {
-                client_id: session.client_id().clone(),
-                username: base.header.username.as_deref().map(Arc::from),
-                ip: base
-                    .header
-                    .ip
-                    .as_deref()
-                    .and_then(|ip| ip.parse().ok())
-                    .unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED)),
-            };
+            let identity = ClientIdentity::stored(
+                session.client_id().clone(),
+                base.header.username.as_deref(),
+                base.header.ip.as_deref(),
+            );
             session.set_access(identity.clone(), broker.client_acl(&identity));
             arriving(&session, arrived.len() > 1);
             let mut core = SessionCore::default();
-            {
-                let acl = session.acl();
-                for (raw, q) in &base.header.subscriptions {
-                    let (Ok(sub), Some(q)) = (
-                        parse_subscription(raw, &broker.settings.topics),
-                        QoS::from_u8(*q),
-                    ) else {
-                        warn!(client_id, filter = %raw, "moved subscription not valid under this configuration: dropped");
-                        continue;
-                    };
-                    let check = acl.subscribe(sub.filter) != SubscribeCheck::Allow;
-                    broker.restore_subscription(&session, &sub, q, check);
-                    core.subscriptions.insert(raw.clone(), q);
-                }
-            }
+            broker.restore_subscriptions(&session, &mut core, &base.header.subscriptions);
             let mut count = 0;
             {
                 let mut inbox = session.inbox();
@@ -243,11 +224,7 @@ pub(super) async fn install(
         }
     };
     if let Some(d) = durable {
-        let ticket = d.ticket();
-        let until = Instant::now() + Duration::from_secs(10);
-        while !d.is_durable(ticket) && Instant::now() < until {
-            tokio::time::sleep(Duration::from_millis(2)).await;
-        }
+        d.until_durable(d.ticket(), Duration::from_secs(10)).await;
     }
     for a in &arrived {
         let sent = cluster.send_v2(

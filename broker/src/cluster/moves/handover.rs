@@ -144,17 +144,11 @@ pub(super) fn hand_over(
         ));
     }
     messages.extend(queue.iter().map(|d| moved(d, None, d.dup)));
-    let who = session.identity();
+    let (username, ip) = session.stored_identity();
     let header = SessionHeader {
-        subscriptions: core
-            .subscriptions
-            .iter()
-            .map(|(f, q)| (f.clone(), *q as u8))
-            .collect(),
-        username: who
-            .as_ref()
-            .and_then(|w| w.username.as_deref().map(str::to_owned)),
-        ip: who.map(|w| w.ip.to_string()),
+        subscriptions: core.stored_subscriptions(),
+        username,
+        ip,
         offline_since_ms: session
             .offline_for()
             .map(|d| now_millis().saturating_sub(d.as_millis() as u64)),

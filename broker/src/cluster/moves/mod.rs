@@ -40,7 +40,6 @@
 
 use parking_lot::Mutex;
 use std::collections::{HashMap, HashSet};
-use std::net::{IpAddr, Ipv4Addr};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -50,7 +49,6 @@ use tracing::{debug, info, warn};
 use super::proto::{Forward, Frame, HandoverPart, Mid, MovedMessage, SessionHeader};
 use super::routes::PeerId;
 use super::{Cluster, Peer};
-use crate::acl::SubscribeCheck;
 use crate::broker::Broker;
 use crate::codec::QoS;
 use crate::message::{Delivery, Message, now_millis};
@@ -58,7 +56,6 @@ use crate::persist::journal::Value;
 use crate::persist::record::{Key, QueueRecord, QueueState};
 use crate::session::registry::Discarded;
 use crate::session::{Awaiting, ClientIdentity, Session, SessionCore};
-use crate::topic::parse_subscription;
 
 /// Longest wait for the peers' answers to a claim.
 pub const CLAIM_WAIT: Duration = Duration::from_secs(5);
