@@ -364,11 +364,17 @@ impl Durable {
         if self.is_durable(ticket) {
             self.wake_waiters();
         }
+        // The ticket may be the epoch a commit already under way opened (read after that
+        // commit took the change): only the next commit makes it durable, so there must be one
+        // even if nothing else changes (it writes nothing and does not sync).
+        self.ring();
     }
 
     /// Waits (at most `limit`) until `ticket` is durable; whether it is.
     pub async fn until_durable(&self, ticket: u64, limit: std::time::Duration) -> bool {
         let deadline = tokio::time::Instant::now() + limit;
+        // See `wake_when_durable`.
+        self.ring();
         loop {
             let committed = self.committed.notified();
             let mut committed = std::pin::pin!(committed);
