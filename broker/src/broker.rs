@@ -332,12 +332,13 @@ impl Broker {
                 } else {
                     self.route_message(msg, true, false, |g| cluster.pick_local_group(&mut plan, g))
                 };
-                let (sent, peer) = cluster.send(msg, plan);
-                routed.congested = routed.congested.or(peer.map(|p| Congestion {
+                let sent = cluster.send(msg, plan);
+                routed.congested = routed.congested.or(sent.congested.map(|p| Congestion {
                     on: CongestedOn::Peer(p),
                     sole_recipient: true,
                 }));
-                (routed, sent)
+                journaled |= sent.journaled;
+                (routed, sent.peers)
             }
         };
         if routed.delivered == 0 && peers == 0 {

@@ -254,6 +254,9 @@ impl Server {
         };
         // After the cluster is installed, so that recovered subscriptions become routes.
         if let Some((durable, recovered)) = durable {
+            if let Some(setup) = &cluster {
+                setup.cluster.set_durable(durable.clone());
+            }
             crate::persist::restore::apply(&broker, &durable, recovered);
             durable.start();
         }

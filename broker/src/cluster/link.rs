@@ -263,12 +263,7 @@ async fn run_outbound(
         out.control.clear();
         out.up = true;
         peer.version.store(link.version, Ordering::Release);
-        let mut acked = 0;
-        while out.messages.front().is_some_and(|m| m.seq <= link.last_seq) {
-            out.messages.pop_front();
-            acked += 1;
-        }
-        cluster.queued.fetch_sub(acked, Ordering::Relaxed);
+        let acked = cluster.pop_front_upto(peer, &mut out, link.last_seq);
         cluster.metrics.forwarded.inc_by(acked);
         // Written on the previous link and not acknowledged: perhaps delivered by the peer
         // before it restarted (it then says so with a smaller last_seq).
@@ -295,6 +290,7 @@ async fn run_outbound(
                     groups: Vec::new(),
                     mid: m.mid,
                     resent: false,
+                    journaled: false,
                 })
             })
             .collect();
@@ -342,7 +338,7 @@ async fn run_outbound(
                 if link.version >= 2 {
                     frames.extend(out.messages.range(start..end).map(|m| Frame::Publish2 {
                         mid: m.mid,
-                        resent: m.seq <= resend_upto,
+                        resent: m.resent || m.seq <= resend_upto,
                         forward: m.clone(),
                     }));
                 } else {
@@ -377,12 +373,7 @@ async fn run_outbound(
                 Frame::Ack { seq } => {
                     last_heard = Instant::now();
                     let mut out = peer.outbox.lock();
-                    let mut acked = 0;
-                    while out.messages.front().is_some_and(|m| m.seq <= seq) {
-                        out.messages.pop_front();
-                        acked += 1;
-                    }
-                    cluster.queued.fetch_sub(acked, Ordering::Relaxed);
+                    let acked = cluster.pop_front_upto(peer, &mut out, seq);
                     cluster.metrics.forwarded.inc_by(acked);
                 }
                 Frame::Pong => last_heard = Instant::now(),

@@ -34,6 +34,9 @@ use tokio::sync::Notify;
 use crate::config::Config;
 use crate::message::Message;
 use crate::metrics::ClusterMetrics;
+use crate::persist::Durable;
+use crate::persist::journal::Value;
+use crate::persist::record::{Key, OutboxRecord};
 use crate::session::Session;
 use proto::{Forward, Frame};
 use routes::{LocalRoutes, PeerId, RemoteRoutes};
@@ -228,6 +231,17 @@ impl Plan {
     }
 }
 
+/// What [`Cluster::send`] did with a message.
+#[derive(Debug, Default)]
+pub struct Sent {
+    /// Peers it was queued for.
+    pub peers: usize,
+    /// A peer whose link is behind: the publisher should wait for it.
+    pub congested: Option<Arc<Peer>>,
+    /// It was written to the durable store (with `sync: "always"` its PUBACK waits).
+    pub journaled: bool,
+}
+
 /// What became of a message for one peer.
 enum Enqueued {
     Queued,
@@ -260,6 +274,10 @@ pub struct Cluster {
     metrics: ClusterMetrics,
     queued: AtomicU64,
     tls: Option<tls::ClusterTls>,
+    /// With `persistence.dir`: QoS 1/2 messages in the outboxes are kept there too, until the
+    /// peer acknowledges them, so that a node killed with messages it acknowledged to their
+    /// publishers but not yet passed on sends them after its restart.
+    durable: std::sync::OnceLock<Arc<Durable>>,
     /// Persistent sessions on the move (see [`moves`]).
     pub moves: moves::Moves,
     /// Woken when a peer's link to this node comes up: dial loops waiting out a backoff try
@@ -305,6 +323,7 @@ impl Cluster {
             metrics,
             queued: AtomicU64::new(0),
             tls: None,
+            durable: std::sync::OnceLock::new(),
         }
     }
 
@@ -312,6 +331,80 @@ impl Cluster {
     pub fn with_tls(mut self, tls: tls::ClusterTls) -> Cluster {
         self.tls = Some(tls);
         self
+    }
+
+    /// Keeps the outboxes' QoS 1/2 messages in `durable` as well (see the field).
+    pub fn set_durable(&self, durable: Arc<Durable>) {
+        let _ = self.durable.set(durable);
+    }
+
+    /// Puts the messages a previous run left in its outboxes (read from the store) back, each
+    /// under a new sequence number of this run, marked as perhaps delivered already (the peer
+    /// may have processed them before it could acknowledge): they go out with DUP. Called
+    /// before the node serves.
+    pub fn restore_outbox(&self, entries: Vec<(String, u64, OutboxRecord)>) -> usize {
+        let Some(durable) = self.durable.get() else {
+            return 0;
+        };
+        let mut by_peer: std::collections::BTreeMap<String, Vec<(u64, OutboxRecord)>> =
+            Default::default();
+        for (name, seq, r) in entries {
+            by_peer.entry(name).or_default().push((seq, r));
+        }
+        let mut restored = 0;
+        for (name, mut records) in by_peer {
+            records.sort_by_key(|(seq, _)| *seq);
+            let peer = self.peer(&name);
+            let mut out = peer.outbox.lock();
+            // After every old key, so that no new key is one of the old ones being deleted.
+            let last_old = records.last().map_or(0, |(seq, _)| *seq);
+            out.next_seq = out.next_seq.max(last_old + 1);
+            for (old_seq, r) in records {
+                durable.delete(Key::Outbox(name.clone(), old_seq));
+                let seq = out.next_seq;
+                out.next_seq += 1;
+                let f = Arc::new(Forward {
+                    seq,
+                    topic: r.topic,
+                    payload: r.payload,
+                    qos: r.qos,
+                    retain: r.retain,
+                    stamp: r.stamp,
+                    plain: r.plain,
+                    groups: r.groups,
+                    mid: r.mid,
+                    resent: true,
+                    journaled: true,
+                });
+                durable.put(
+                    Key::Outbox(name.clone(), seq),
+                    Value::Outbox(f.clone()),
+                    true,
+                );
+                out.messages.push_back(f);
+                restored += 1;
+            }
+        }
+        self.queued.fetch_add(restored as u64, Ordering::Relaxed);
+        restored
+    }
+
+    /// Drops the messages at the front of `peer`'s outbox up to `seq` (acknowledged, or given
+    /// up), with their durable copies. Returns how many.
+    fn pop_front_upto(&self, peer: &Peer, out: &mut Outbox, seq: u64) -> u64 {
+        let mut n = 0;
+        while out.messages.front().is_some_and(|m| m.seq <= seq) {
+            if let Some(m) = out.messages.pop_front() {
+                if m.journaled
+                    && let Some(d) = self.durable.get()
+                {
+                    d.delete(Key::Outbox(peer.name.to_string(), m.seq));
+                }
+            }
+            n += 1;
+        }
+        self.queued.fetch_sub(n, Ordering::Relaxed);
+        n
     }
 
     /// This node's name.
@@ -468,11 +561,11 @@ impl Cluster {
     }
 
     /// Queues `msg` for the peers of `plan` (every peer if it is retained, so they store it).
-    /// Returns how many peers it was queued for, and a peer whose link is behind (the
-    /// publisher should wait for it).
-    pub fn send(&self, msg: &Message, mut plan: Plan) -> (usize, Option<Arc<Peer>>) {
+    /// Says how many peers it was queued for, a peer whose link is behind (the publisher
+    /// should wait for it), and whether the durable state changed.
+    pub fn send(&self, msg: &Message, mut plan: Plan) -> Sent {
         if plan.empty && !msg.retain {
-            return (0, None);
+            return Sent::default();
         }
         // Groups no local member claimed: one of the peers.
         for (_, candidates, chosen) in plan.groups.iter_mut() {
@@ -482,8 +575,7 @@ impl Cluster {
             }
         }
         let peers = self.peers.read();
-        let mut sent = 0;
-        let mut congested = None;
+        let mut sent = Sent::default();
         for peer in peers.iter() {
             let plain = plan.plain.contains(&peer.id);
             let groups: Vec<String> = plan
@@ -506,22 +598,28 @@ impl Cluster {
                 groups,
                 mid: msg.mid,
                 resent: false,
+                journaled: false,
             };
-            match self.enqueue(peer, f) {
+            let journals = f.qos > 0 && (f.plain || !f.groups.is_empty());
+            match self.enqueue(peer, f, journals) {
                 Enqueued::Dropped => {}
-                Enqueued::Queued => sent += 1,
+                Enqueued::Queued => sent.peers += 1,
                 Enqueued::Congested => {
-                    sent += 1;
-                    if congested.is_none() {
-                        congested = Some(peer.clone());
+                    sent.peers += 1;
+                    if sent.congested.is_none() {
+                        sent.congested = Some(peer.clone());
                     }
                 }
             }
+            sent.journaled |= journals && self.durable.get().is_some();
         }
-        (sent, congested)
+        sent
     }
 
-    fn enqueue(&self, peer: &Peer, mut f: Forward) -> Enqueued {
+    /// Appends `f` to `peer`'s outbox; `journals`: a QoS 1/2 message for the peer's
+    /// subscribers, which is kept in the durable store too (when there is one that accepts
+    /// changes; when the disk is full it goes in memory only).
+    fn enqueue(&self, peer: &Peer, mut f: Forward, journals: bool) -> Enqueued {
         let mut out = peer.outbox.lock();
         if out.messages.len() >= self.max_queue {
             drop(out);
@@ -530,7 +628,17 @@ impl Cluster {
         }
         f.seq = out.next_seq;
         out.next_seq += 1;
-        out.messages.push_back(Arc::new(f));
+        let durable = self.durable.get().filter(|d| journals && !d.is_refusing());
+        f.journaled = durable.is_some();
+        let f = Arc::new(f);
+        if let Some(d) = durable {
+            d.put(
+                Key::Outbox(peer.name.to_string(), f.seq),
+                Value::Outbox(f.clone()),
+                true,
+            );
+        }
+        out.messages.push_back(f);
         self.queued.fetch_add(1, Ordering::Relaxed);
         let up = out.up;
         let behind = up && out.unsent() > PEER_CONGESTED;
@@ -624,8 +732,7 @@ impl Cluster {
             let mut out = peer.outbox.lock();
             let n = out.messages.len();
             if n > 0 {
-                out.messages.clear();
-                self.queued.fetch_sub(n as u64, Ordering::Relaxed);
+                self.pop_front_upto(peer, &mut out, u64::MAX);
                 self.metrics.dropped_peer_gone.inc_by(n as u64);
                 tracing::warn!(
                     peer = %peer.name,
@@ -675,7 +782,7 @@ mod tests {
         for _ in 0..10 {
             let plan = c.plan(&msg.topic);
             assert!(!plan.is_empty());
-            copies += c.send(&msg, plan).0;
+            copies += c.send(&msg, plan).peers;
         }
         let b_out: Vec<_> = b.outbox.lock().messages.iter().cloned().collect();
         let d_out: Vec<_> = d.outbox.lock().messages.iter().cloned().collect();

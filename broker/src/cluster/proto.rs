@@ -277,6 +277,10 @@ pub struct Forward {
     /// Carried by `Publish2` (see there); not part of the version 1 encoding.
     #[serde(skip)]
     pub resent: bool,
+    /// The sender keeps it in its durable store until the peer acknowledges it (its `O` key);
+    /// never on the wire.
+    #[serde(skip)]
+    pub journaled: bool,
 }
 
 /// Why a frame could not be encoded or decoded.
@@ -427,6 +431,7 @@ mod tests {
                 groups: vec!["g".into()],
                 mid: (0, 0),
                 resent: false,
+                journaled: false,
             })),
             Frame::Ack { seq: u64::MAX },
             Frame::Ping,
@@ -459,6 +464,7 @@ mod tests {
             groups: Vec::new(),
             mid,
             resent: false,
+            journaled: false,
         })
     }
 

@@ -14,6 +14,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use super::record::{self, Key, OutboxRecord, QueueRecord, SessionRecord};
+use crate::cluster::proto::Forward;
 use crate::message::Message;
 
 /// The value of a pending write.
@@ -29,8 +30,8 @@ pub enum Value {
     Awaiting,
     /// `R`.
     Retained(Arc<Message>),
-    /// `O`.
-    Outbox(Box<OutboxRecord>),
+    /// `O`: the forwarded message as the peer's outbox holds it, encoded at commit time.
+    Outbox(Arc<Forward>),
     /// `V`, already encoded.
     Meta(Vec<u8>),
 }
@@ -43,9 +44,23 @@ impl Value {
             Value::Queue(q) => record::encode(q),
             Value::Message(m) | Value::Retained(m) => record::encode(&message_record(m)),
             Value::Awaiting => record::encode(&()),
-            Value::Outbox(o) => record::encode(&**o),
+            Value::Outbox(f) => record::encode(&outbox_record(f)),
             Value::Meta(bytes) => bytes.clone(),
         }
+    }
+}
+
+/// The stored form of a message waiting for a cluster peer.
+pub fn outbox_record(f: &Forward) -> OutboxRecord {
+    OutboxRecord {
+        topic: f.topic.clone(),
+        payload: f.payload.clone(),
+        qos: f.qos,
+        retain: f.retain,
+        stamp: f.stamp,
+        plain: f.plain,
+        groups: f.groups.clone(),
+        mid: f.mid,
     }
 }
 

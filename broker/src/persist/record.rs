@@ -234,6 +234,9 @@ pub struct OutboxRecord {
     pub plain: bool,
     /// The shared groups the peer delivers it to.
     pub groups: Vec<String>,
+    /// The message's cluster-wide id (kept, so that the peer recognises it when it comes
+    /// again after a restart).
+    pub mid: (u64, u64),
 }
 
 /// Encodes a value with its format byte.

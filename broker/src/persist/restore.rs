@@ -1,13 +1,14 @@
 //! Putting what [`recover`](super::recover) read back into a broker before it serves: offline
 //! persistent sessions with their subscriptions (in the router and announced to the cluster),
 //! their queues and in-flight windows (packet ids kept, so the client gets them again with
-//! DUP), their QoS 2 ids awaiting PUBREL; retained messages. What belongs to nothing is
+//! DUP), their QoS 2 ids awaiting PUBREL; retained messages; the messages waiting in the cluster
+//! outboxes (sent again, with DUP). What belongs to nothing is
 //! deleted.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tracing::warn;
+use tracing::{info, warn};
 
 use super::Durable;
 use super::record::QueueState;
@@ -89,6 +90,29 @@ pub fn apply(broker: &Broker, durable: &Durable, recovered: Recovered) {
     }
     for msg in recovered.retained {
         broker.retained.set(&msg);
+    }
+    // Messages for cluster peers that were acknowledged to their publishers: sent again.
+    if !recovered.outbox.is_empty() {
+        let n = recovered.outbox.len();
+        match broker.cluster.get() {
+            Some(cluster) => {
+                cluster.restore_outbox(recovered.outbox);
+                info!(
+                    messages = n,
+                    "messages for cluster peers recovered; they go out with DUP"
+                );
+            }
+            None => {
+                warn!(
+                    messages = n,
+                    "messages stored for cluster peers are dropped: this node has no cluster.port \
+                     now"
+                );
+                for (peer, seq, _) in recovered.outbox {
+                    durable.delete(crate::persist::record::Key::Outbox(peer, seq));
+                }
+            }
+        }
     }
     if recovered.lost_entries > 0 {
         warn!(

@@ -325,6 +325,7 @@ pub fn forward(cluster: &Cluster, session: &Session, msg: &Message, qos: QoS) ->
             groups: Vec::new(),
             mid: msg.mid,
             resent: false,
+            journaled: false,
         }),
     };
     cluster.send_v2(&to, [frame])
