@@ -38,6 +38,11 @@ use crate::schema::BrokerConfig;
     ),
     printcolumn(name = "Replicas", type_ = "integer", json_path = ".spec.replicas"),
     printcolumn(name = "Ready", type_ = "integer", json_path = ".status.readyReplicas"),
+    printcolumn(
+        name = "Updated",
+        type_ = "integer",
+        json_path = ".status.updatedReplicas"
+    ),
     printcolumn(name = "Phase", type_ = "string", json_path = ".status.phase"),
     printcolumn(
         name = "Age",
@@ -535,6 +540,9 @@ pub struct MqttClusterStatus {
     /// Broker pods that are ready.
     #[serde(default)]
     pub ready_replicas: i32,
+    /// Broker pods that run the current spec (a rollout is done when this is `spec.replicas`).
+    #[serde(default)]
+    pub updated_replicas: i32,
     /// Pending, Running, Degraded or Invalid.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub phase: Option<Phase>,

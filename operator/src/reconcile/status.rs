@@ -136,6 +136,7 @@ pub fn applied(
     status.observed_generation = generation;
     status.replicas = rollout.replicas;
     status.ready_replicas = rollout.ready;
+    status.updated_replicas = rollout.updated;
     status.config_hash = Some(rendered.config_hash.clone());
     status.endpoint = Some(endpoint);
     status.selector = Some(build::selector_string(cluster));
@@ -153,16 +154,33 @@ pub fn applied(
     let all_ready = rollout.ready >= rollout.desired;
     let (progressing_reason, progressing_message) = if done {
         ("UpToDate", "every broker runs the current spec".to_owned())
-    } else if rollout.replicas != rollout.desired {
+    } else if rollout.replicas < rollout.desired {
         (
-            "Scaling",
+            "ScalingUp",
             format!("{} of {} brokers exist", rollout.replicas, rollout.desired),
+        )
+    } else if rollout.replicas > rollout.desired {
+        // The StatefulSet removes the highest ordinal first, one at a time; each leaving
+        // broker hands its persistent sessions to the others before it exits.
+        let leaving = format!(
+            "{}-{}",
+            build::names::main(&cluster.name_any()),
+            rollout.replicas - 1
+        );
+        (
+            "ScalingDown",
+            format!(
+                "{} brokers, {} wanted: {leaving} hands its persistent sessions to the others, \
+                 then exits",
+                rollout.replicas, rollout.desired
+            ),
         )
     } else {
         (
             "RollingOut",
             format!(
-                "{} of {} brokers run the current spec",
+                "{} of {} brokers run the current spec (one pod at a time, each after the \
+                 previous one is ready and synced with its peers)",
                 rollout.updated, rollout.desired
             ),
         )
@@ -379,6 +397,40 @@ mod tests {
         assert_eq!(
             condition(&s, types::DEGRADED).unwrap().reason,
             "BrokersNotReady"
+        );
+    }
+
+    #[test]
+    fn progress_of_a_rollout_and_a_scale_down() {
+        let c = cluster();
+        let r = rendered(&c);
+        let s = applied(&c, &r, Rollout::of(&sts(3, 1)), "e".into(), &time(10));
+        assert_eq!((s.updated_replicas, s.ready_replicas), (1, 3));
+        let p = condition(&s, types::PROGRESSING).unwrap();
+        assert_eq!(
+            (p.status.as_str(), p.reason.as_str()),
+            ("True", "RollingOut")
+        );
+        assert!(p.message.starts_with("1 of 3 brokers run the current spec"));
+
+        let mut down = sts(3, 3);
+        down.spec.replicas = Some(2);
+        let s = applied(&c, &r, Rollout::of(&down), "e".into(), &time(20));
+        let p = condition(&s, types::PROGRESSING).unwrap();
+        assert_eq!(
+            (p.status.as_str(), p.reason.as_str()),
+            ("True", "ScalingDown")
+        );
+        let leaving = format!("{}-2", build::names::main("m"));
+        assert!(p.message.contains(&leaving), "{}", p.message);
+        assert!(p.message.contains("hands its persistent sessions"));
+
+        let s = applied(&c, &r, Rollout::of(&sts(3, 3)), "e".into(), &time(30));
+        assert_eq!(s.updated_replicas, 3);
+        let p = condition(&s, types::PROGRESSING).unwrap();
+        assert_eq!(
+            (p.status.as_str(), p.reason.as_str()),
+            ("False", "UpToDate")
         );
     }
 
