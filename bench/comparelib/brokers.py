@@ -6,6 +6,7 @@ import datetime as dt
 import importlib.util
 import json
 import os
+import pwd
 import re
 import resource
 import shutil
@@ -89,10 +90,12 @@ def ensure_matplotlib() -> None:
         raise SetupError("pip install matplotlib failed")
 
 
-def build_hmq(skip: bool, with_bench: bool) -> None:
-    if skip:
+def build_hmq(skip: bool, with_hmq: bool, with_bench: bool) -> None:
+    """cargo build --release of hmq and/or hmq-bench (the ones not given as prebuilt binaries)."""
+    bins = (["hmq"] if with_hmq else []) + (["hmq-bench"] if with_bench else [])
+    if skip or not bins:
         return
-    cmd = ["cargo", "build", "--release", "--bin", "hmq"] + (["--bin", "hmq-bench"] if with_bench else [])
+    cmd = ["cargo", "build", "--release"] + [a for b in bins for a in ("--bin", b)]
     if run(cmd, cwd=REPO).returncode != 0:
         raise SetupError(" ".join(cmd) + " failed")
 
@@ -119,7 +122,9 @@ def raise_nofile(needed: int) -> int:
     return soft
 
 
-def version_of(name: str, binary: str) -> str:
+def version_of(name: str, binary: str, prebuilt: bool = False) -> str:
+    """The broker's version; for hmq the checkout's version and git revision (with `prebuilt`,
+    the binary was given with --hmq-bin and need not come from this revision)."""
     try:
         if name == "mosquitto":
             out = subprocess.run([binary, "-h"], capture_output=True, text=True, timeout=10)
@@ -138,8 +143,11 @@ def version_of(name: str, binary: str) -> str:
                 ver += f" {m.group(1)}"
             g = subprocess.run(["git", "-C", str(REPO), "describe", "--always", "--dirty"],
                                capture_output=True, text=True, timeout=10)
-            if g.returncode == 0:
-                ver += f" (git {g.stdout.strip()})"
+            rev = f"git {g.stdout.strip()}" if g.returncode == 0 else ""
+            if prebuilt:
+                ver += f" (--hmq-bin {binary}" + (f"; checkout at {rev}" if rev else "") + ")"
+            elif rev:
+                ver += f" ({rev})"
             return ver
     except (OSError, subprocess.SubprocessError):
         pass
@@ -152,12 +160,23 @@ def version_of(name: str, binary: str) -> str:
 # --------------------------------------------------------------------------------------------
 
 
-def mosquitto_config(port: int) -> str:
+def mosquitto_config(port: int, persistence_dir: Path | None = None) -> str:
+    if persistence_dir is None:
+        persistence = """# No persistence: every broker keeps sessions in memory only.
+persistence false"""
+    else:
+        persistence = f"""# Persistence as Mosquitto's users run it: Debian's packaged mosquitto.conf sets the first
+# two lines, the other three are Mosquitto's defaults, written out. The whole in-memory state
+# is written to persistence_file every autosave_interval seconds and at a clean stop.
+persistence true
+persistence_location {persistence_dir}
+persistence_file mosquitto.db
+autosave_interval {MOSQUITTO_AUTOSAVE_S}
+autosave_on_changes false"""
     return f"""# Written by bench/compare: Mosquitto 2.0.11 configured for the benchmark.
 listener {port} {HOST}
 allow_anonymous true
-# No persistence: every broker keeps sessions in memory only.
-persistence false
+{persistence}
 # In-flight and queue limits high enough that nothing is dropped by configuration.
 max_inflight_messages {MAX_INFLIGHT}
 max_inflight_bytes 0
@@ -205,7 +224,10 @@ next_connection_delay_ms = 0
 """
 
 
-def hmq_config(port: int, worker_threads: int | None) -> str:
+def hmq_config(port: int, worker_threads: int | None, store: Path | None = None,
+               sync: str | None = None) -> str:
+    """hmq.config; with `store`, the durable store in that directory with `sync` as
+    persistence.sync (and hmq's default group-commit interval for interval and none)."""
     cfg = {
         "host": HOST,
         "port": port,
@@ -220,12 +242,95 @@ def hmq_config(port: int, worker_threads: int | None) -> str:
         # The HTTP listener (metrics, probes) is not part of the comparison.
         "httpPort": "",
     }
+    if store is not None:
+        cfg["persistence"] = {"dir": str(store), "sync": sync}
+        if sync != "always":  # `always` commits back to back: no interval
+            cfg["persistence"]["syncIntervalMs"] = HMQ_SYNC_INTERVAL_MS
     return json.dumps(cfg, indent=4) + "\n"
+
+
+# --------------------------------------------------------------------------------------------
+# Broker variants: one broker program with one configuration, one process, one run directory
+# --------------------------------------------------------------------------------------------
+
+MOSQUITTO_AUTOSAVE_S = 1800  # Mosquitto's default autosave_interval
+HMQ_SYNC_INTERVAL_MS = 10  # hmq's default persistence.syncIntervalMs
+
+
+@dataclass(frozen=True)
+class Variant:
+    name: str  # --brokers key, run directory, results.json key
+    program: str  # mosquitto | rumqttd | hmq
+    title: str
+    store: bool = False  # durable store on (persistence true, persistence.dir)
+    sync: str | None = None  # hmq's persistence.sync
+
+    def runs(self, sc) -> bool:
+        """Whether this variant runs scenario `sc`: the store variants run the persistent
+        scenarios only, where the in-memory brokers are their baseline; rumqttd has no
+        persistence and runs none of them; the threads-N steps are hmq's."""
+        if sc.family == "threads":
+            return self.name == "hmq"
+        if sc.family == "persist":
+            return self.program != "rumqttd"
+        return not self.store
+
+
+VARIANTS = [
+    Variant("mosquitto", "mosquitto", "Mosquitto, in memory"),
+    Variant("mosquitto-persist", "mosquitto", "Mosquitto, persistence true "
+            f"(autosave every {MOSQUITTO_AUTOSAVE_S} s and at stop)", store=True),
+    Variant("rumqttd", "rumqttd", "rumqttd, in memory (it has no persistence)"),
+    Variant("hmq", "hmq", "hmq, in memory"),
+    Variant("hmq-always", "hmq", "hmq, durable store, sync always (each ack waits for its commit, with fsync)",
+            store=True, sync="always"),
+    Variant("hmq-interval", "hmq", f"hmq, durable store, sync interval (group commit every "
+            f"{HMQ_SYNC_INTERVAL_MS} ms, fsync)", store=True, sync="interval"),
+    Variant("hmq-none", "hmq", f"hmq, durable store, sync none (written every "
+            f"{HMQ_SYNC_INTERVAL_MS} ms, no fsync)", store=True, sync="none"),
+]
+
+
+def variant_config(v: Variant, port: int, workdir: Path, worker_threads: int | None = None) -> str:
+    """The configuration file of variant `v` with its run directory `workdir`."""
+    if v.program == "mosquitto":
+        return mosquitto_config(port, store_dir(v, workdir))
+    if v.program == "rumqttd":
+        return rumqttd_config(port)
+    return hmq_config(port, worker_threads, store_dir(v, workdir), v.sync)
+
+
+def config_file(v: Variant) -> str:
+    return {"mosquitto": "mosquitto.conf", "rumqttd": "rumqttd.toml"}.get(v.program, "hmq.config")
+
+
+def store_dir(v: Variant, workdir: Path) -> Path | None:
+    """Where variant `v` keeps its durable state (None: in memory only)."""
+    if not v.store:
+        return None
+    return workdir / ("persistence" if v.program == "mosquitto" else "store")
+
+
+def fresh_store(v: Variant, workdir: Path) -> None:
+    """Empty the variant's store directory, so that each start begins with nothing stored.
+    Mosquitto started as root drops to its `mosquitto` user (Debian's package creates it) and
+    must be able to write its directory."""
+    d = store_dir(v, workdir)
+    if d is None:
+        return
+    shutil.rmtree(d, ignore_errors=True)
+    d.mkdir(parents=True)
+    if v.program == "mosquitto" and os.geteuid() == 0:
+        try:
+            u = pwd.getpwnam("mosquitto")
+            os.chown(d, u.pw_uid, u.pw_gid)
+        except KeyError:
+            pass  # no such user: Mosquitto keeps running as root
 
 
 @dataclass
 class BrokerProc:
-    name: str
+    variant: Variant
     binary: str
     workdir: Path
     port: int = 0
@@ -234,23 +339,23 @@ class BrokerProc:
     config_path: Path | None = None
     worker_threads: int | None = None
 
+    @property
+    def name(self) -> str:
+        return self.variant.name
+
     def write_config(self) -> list[str]:
         self.workdir.mkdir(parents=True, exist_ok=True)
-        if self.name == "mosquitto":
-            self.config_path = self.workdir / "mosquitto.conf"
-            self.config_path.write_text(mosquitto_config(self.port))
-            return [self.binary, "-c", str(self.config_path)]
-        if self.name == "rumqttd":
-            self.config_path = self.workdir / "rumqttd.toml"
-            self.config_path.write_text(rumqttd_config(self.port))
+        self.config_path = self.workdir / config_file(self.variant)
+        self.config_path.write_text(variant_config(self.variant, self.port, self.workdir,
+                                                   self.worker_threads))
+        if self.variant.program == "rumqttd":
             return [self.binary, "-q", "-c", str(self.config_path)]
-        self.config_path = self.workdir / "hmq.config"
-        self.config_path.write_text(hmq_config(self.port, self.worker_threads))
         return [self.binary, "-c", str(self.config_path)]
 
     def start(self, worker_threads: int | None = None, timeout: float = 30) -> None:
         self.worker_threads = worker_threads
         self.port = free_port()
+        fresh_store(self.variant, self.workdir)
         argv = self.write_config()
         self.logf = open(self.workdir / "broker.log", "ab")
         self.logf.write(f"\n==== bench/compare: {' '.join(argv)} "

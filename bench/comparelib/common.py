@@ -22,7 +22,7 @@ PRIORITY = {"nice": 0}  # scheduling priority of brokers and hmq-bench (--nice)
 GEN_INFLIGHT = 100  # hmq-bench's per-publisher window of unacknowledged QoS 1/2 PUBLISHes
 NOFILE_WANTED = 65536
 
-BROKERS = ["mosquitto", "rumqttd", "hmq"]
+BROKERS = ["mosquitto", "rumqttd", "hmq"]  # the programs; their variants: brokers.VARIANTS
 RUMQTTD_VERSION = "0.20.0"
 MOSQUITTO_VERSION = "2.0.11"
 
@@ -71,15 +71,16 @@ def port_open(port: int) -> bool:
         return False
 
 
-def mqtt_probe(port: int, timeout: float) -> str | None:
-    """One MQTT 3.1.1 CONNECT/CONNACK/DISCONNECT on 127.0.0.1:port; None if the broker answered,
-    else what went wrong."""
-    cid = b"bench-compare-probe"
+def mqtt_probe(port: int, timeout: float, client_id: str = "bench-compare-probe") -> str | None:
+    """One MQTT 3.1.1 CONNECT (clean session)/CONNACK/DISCONNECT on 127.0.0.1:port; None if the
+    broker answered, else what went wrong. With a persistent session's client id this also ends
+    that session: a clean-session CONNECT discards it."""
+    cid = client_id.encode()
     body = b"\x00\x04MQTT\x04\x02" + KEEPALIVE.to_bytes(2, "big") + len(cid).to_bytes(2, "big") + cid
     try:
         with socket.create_connection((HOST, port), timeout=timeout) as sock:
             sock.settimeout(timeout)
-            sock.sendall(bytes([0x10, len(body)]) + body)
+            sock.sendall(bytes([0x10]) + remaining_length(len(body)) + body)
             ack = b""
             while len(ack) < 4:
                 chunk = sock.recv(4 - len(ack))
@@ -92,6 +93,35 @@ def mqtt_probe(port: int, timeout: float) -> str | None:
             return None
     except OSError as e:
         return f"no CONNACK within {timeout:.0f} s ({e})"
+
+
+def remaining_length(n: int) -> bytes:
+    """MQTT's variable-length encoding of a packet's remaining length."""
+    out = bytearray()
+    while True:
+        n, digit = n >> 7, n & 0x7F
+        out.append(digit | (0x80 if n else 0))
+        if not n:
+            return bytes(out)
+
+
+def clear_sessions(port: int, client_ids: list[str], budget_s: float) -> tuple[int, list[str]]:
+    """End the persistent sessions a run left behind: one clean-session CONNECT per client id,
+    one at a time, within budget_s seconds in all. Returns how many were cleared and what went
+    wrong with the others (the ones the budget left out count as failed)."""
+    deadline = time.monotonic() + budget_s
+    cleared, errors = 0, []
+    for i, cid in enumerate(client_ids):
+        left = deadline - time.monotonic()
+        if left <= 0:
+            errors.append(f"{len(client_ids) - i} sessions left: {budget_s:.0f} s budget spent")
+            break
+        why = mqtt_probe(port, min(5.0, left), cid)
+        if why is None:
+            cleared += 1
+        else:
+            errors.append(f"{cid}: {why}")
+    return cleared, errors
 
 
 def fmt_bytes(n: float) -> str:

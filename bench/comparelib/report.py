@@ -89,6 +89,23 @@ def throughput_ratio(data, scen, peer):
     return h.get("received_per_s", 0) / p["received_per_s"]
 
 
+def variants_for(data: dict, sc: dict) -> list[str]:
+    """The broker variants that run scenario `sc`, in the order they ran (results.json files
+    written before variants existed: every broker, and hmq alone for the threads-N steps)."""
+    if sc["family"] == "threads":
+        return ["hmq"]
+    info = data.get("variants")
+    if not info:
+        return data["brokers_run"]
+    return [b for b in data["brokers_run"] if sc["name"] in (info.get(b) or {}).get("scenarios", [])]
+
+
+def issue3_scenarios(data: dict) -> list[dict]:
+    """The scenarios the issue 3 targets are judged on: all but the persistent-session family,
+    which has its own goals (Persistent sessions)."""
+    return [s for s in data["scenarios"] if s["family"] != "persist"]
+
+
 def md_table(header: list[str], rows: list[list[str]]) -> list[str]:
     out = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
     out += ["| " + " | ".join(str(c).replace("|", "\\|") for c in row) + " |" for row in rows]
@@ -97,7 +114,7 @@ def md_table(header: list[str], rows: list[list[str]]) -> list[str]:
 
 def scenario_section(data: dict, sc: dict) -> list[str]:
     name = sc["name"]
-    brokers = data["brokers_run"] if sc["family"] != "threads" else ["hmq"]
+    brokers = variants_for(data, sc)
     lines = [f"### {name}: {sc['title']}", "", sc["description"] + "."]
     if sc.get("note"):
         lines.append(f"{sc['note']}.")
@@ -141,7 +158,10 @@ def scenario_section(data: dict, sc: dict) -> list[str]:
                          kib(br.get("rss_peak_kib")), fmt_num(get(r, "generator", "cpu_s"), 2),
                          fmt_num(other_cpu_s(rec or {}), 1)])
         lines += md_table(header, rows)
-        if sc["family"] != "threads" and "hmq" in brokers:
+        if sc["family"] == "persist":
+            lines += ["", "Ratios to the in-memory brokers: [Persistent sessions]"
+                          "(#persistent-sessions)."]
+        elif sc["family"] != "threads" and "hmq" in brokers:
             parts = []
             for peer in ("mosquitto", "rumqttd"):
                 if peer in brokers:
@@ -165,6 +185,14 @@ def kib(v) -> str:
     return f"{v / 1024:,.1f} MiB"
 
 
+def disk_size(n: int) -> str:
+    if n < 1024:
+        return f"{n} B"
+    if n < 1024 * 1024:
+        return f"{n / 1024:,.1f} KiB"
+    return f"{n / (1024 * 1024):,.1f} MiB"
+
+
 def evaluate_targets(data: dict) -> list[dict]:
     """The issue's targets, each with the figures behind it and met / missed / n/a."""
     brokers = data["brokers_run"]
@@ -173,7 +201,8 @@ def evaluate_targets(data: dict) -> list[dict]:
     def row(target, measured, status):
         rows.append({"target": target, "measured": measured, "status": status})
 
-    tput = [s for s in data["scenarios"] if s["kind"] == "throughput" and s["family"] != "threads"]
+    scenarios = issue3_scenarios(data)
+    tput = [s for s in scenarios if s["kind"] == "throughput" and s["family"] != "threads"]
     for peer, need in (("mosquitto", 1.5), ("rumqttd", 1.2)):
         if "hmq" not in brokers or peer not in brokers:
             row(f"throughput ≥ {need}× {peer} in every scenario", f"{peer} or hmq not run", "n/a")
@@ -258,7 +287,7 @@ def evaluate_targets(data: dict) -> list[dict]:
     # Zero loss and duplicates at QoS 1/2 for hmq.
     lost = dups = n = 0
     failed = []
-    for s in data["scenarios"]:
+    for s in scenarios:
         if s["kind"] == "conn" or s["qos"] == 0:
             continue
         rec = res(data, "hmq", s["name"])
@@ -282,7 +311,7 @@ def evaluate_targets(data: dict) -> list[dict]:
 
     # Peak RSS.
     peaks = []
-    for s in data["scenarios"]:
+    for s in scenarios:
         r = (res(data, "hmq", s["name"]) or {}).get("result")
         v = get(r, "broker", "rss_peak_kib") if r else None
         if v is not None:
@@ -294,7 +323,7 @@ def evaluate_targets(data: dict) -> list[dict]:
         others = []
         for p in ("mosquitto", "rumqttd"):
             pk = [get((res(data, p, s["name"]) or {}).get("result") or {}, "broker", "rss_peak_kib")
-                  for s in data["scenarios"]]
+                  for s in scenarios]
             pk = [x for x in pk if x is not None]
             if pk:
                 others.append(f"{p} {kib(max(pk))}")
@@ -307,7 +336,7 @@ def evaluate_targets(data: dict) -> list[dict]:
         row("hmq peak RSS ≤ 200 MB through the scenario list", "hmq not run", "n/a")
 
     # Scaling with worker threads.
-    th = sorted((s for s in data["scenarios"] if s["family"] == "threads"),
+    th = sorted((s for s in scenarios if s["family"] == "threads"),
                 key=lambda s: s["worker_threads"])
     pts = [(s["worker_threads"], ok_result(data, "hmq", s["name"])) for s in th]
     pts = [(n, r["received_per_s"]) for n, r in pts if r and r.get("received_per_s")]
@@ -323,6 +352,117 @@ def evaluate_targets(data: dict) -> list[dict]:
     return rows
 
 
+# --------------------------------------------------------------------------------------------
+# Persistent sessions: the durable stores against the in-memory brokers
+# --------------------------------------------------------------------------------------------
+
+GOAL_SCENARIO = "p2p-q1-persist"  # the durable QoS 1 p2p figure the goal is judged on
+GOAL_VARIANT = "hmq-interval"  # group commit, hmq's default policy
+
+
+def delivered_per_s(data: dict, broker: str, scen: str):
+    r = ok_result(data, broker, scen)
+    return r.get("received_per_s") if r else None
+
+
+def evaluate_persist_goals(data: dict) -> list[dict]:
+    """The persistence goals: with group commit, durable QoS 1 p2p delivers ≥ 50 % of hmq in
+    memory and ≥ 3× Mosquitto in memory (its p2p-q1). Each reference falls back to the other
+    in-memory run of the same broker when the first was not run."""
+    if not any(s["name"] == GOAL_SCENARIO for s in data["scenarios"]):
+        return []
+    rows = []
+    have = delivered_per_s(data, GOAL_VARIANT, GOAL_SCENARIO)
+    for need, ref, scens, what in (
+            (0.5, "hmq", [GOAL_SCENARIO, "p2p-q1"], "≥ 50 % of hmq in memory"),
+            (3.0, "mosquitto", ["p2p-q1", GOAL_SCENARIO], "≥ 3× Mosquitto in memory")):
+        goal = f"durable QoS 1 p2p with group commit ({GOAL_VARIANT}, {GOAL_SCENARIO}) {what}"
+        base = next(((s, v) for s in scens if (v := delivered_per_s(data, ref, s))), None)
+        if have is None:
+            ran = res(data, GOAL_VARIANT, GOAL_SCENARIO)
+            why = f"{GOAL_VARIANT} {'failed' if ran else 'not run'}"
+            rows.append({"goal": goal, "measured": why, "status": "n/a", "ratio": None})
+            continue
+        if base is None:
+            rows.append({"goal": goal, "measured": f"{ref} in memory not run ({' or '.join(scens)})",
+                         "status": "n/a", "ratio": None})
+            continue
+        scen, v = base
+        ratio = have / v
+        kind = "persistent sessions" if scen == GOAL_SCENARIO else "clean sessions"
+        rows.append({"goal": goal, "ratio": ratio,
+                     "measured": f"{GOAL_VARIANT} {fmt_num(have)} msg/s, {ref} {fmt_num(v)} msg/s "
+                                 f"({scen}, {kind}): **{fmt_ratio(ratio)}**",
+                     "status": "met" if ratio >= need else "missed"})
+    return rows
+
+
+def persist_ratio(data: dict, broker: str, scen: str, ref: str):
+    v, base = delivered_per_s(data, broker, scen), delivered_per_s(data, ref, scen)
+    return v / base if v is not None and base else None
+
+
+def persist_section(data: dict) -> list[str]:
+    scens = [s for s in data["scenarios"] if s["family"] == "persist"]
+    if not scens:
+        return []
+    info = data.get("variants") or {}
+    ran = [b for b in data["brokers_run"] if any(b in variants_for(data, s) for s in scens)]
+    L = ["## Persistent sessions", "",
+         "Every client with clean session 0 (hmq-bench `--persistent`), the same load on the "
+         "brokers in memory (`hmq`, `mosquitto`: their baseline) and on the variants with the "
+         "durable store on, each its own process, its store directory emptied before each start. "
+         "After each run the script ends the run's sessions (a clean-session CONNECT per client "
+         "id), so that no later run pays for them. rumqttd has no persistence and is left out.", ""]
+    L += [f"- `{b}`: {(info.get(b) or {}).get('title', b)}" for b in ran]
+    if "mosquitto-persist" in ran:
+        L += ["", "Mosquitto with `persistence true` writes its whole state to `mosquitto.db` "
+              "every `autosave_interval` (1800 s, its default) and at a clean stop, so during a "
+              "run it writes nothing; hmq commits every change (all but the ones that cancel "
+              "within one commit) as the run goes."]
+    L.append("")
+    goals = data.get("persist_goals") or []
+    if goals:
+        L += [f"- {g['goal']}: {g['measured']} — **{g['status']}**" for g in goals] + [""]
+    for sc in scens:
+        brokers = variants_for(data, sc)
+        L += [f"### {sc['name']}: {sc['title']}", "", sc["description"] + ".", ""]
+        header = ["variant", "status", "delivered msg/s", "p50", "p99", "acked", "delivered",
+                  "lost", "duplicates", "ratio to hmq in memory", "ratio to Mosquitto in memory"]
+        rows = []
+        for b in brokers:
+            rec = res(data, b, sc["name"])
+            r = (rec or {}).get("result") or {}
+            lat = latency(r)
+            rows.append([b, status_cell(rec), fmt_num(r.get("received_per_s")),
+                         fmt_us(lat.get("p50")), fmt_us(lat.get("p99")), fmt_num(r.get("acked")),
+                         fmt_num(r.get("unique_received")), fmt_num(r.get("lost")),
+                         fmt_num(r.get("duplicates")),
+                         fmt_ratio(persist_ratio(data, b, sc["name"], "hmq")),
+                         fmt_ratio(persist_ratio(data, b, sc["name"], "mosquitto"))])
+        L += md_table(header, rows)
+        L += ["", "Acked: PUBACKs (QoS 1) or PUBCOMPs (QoS 2) the publishers received; "
+              "delivered: distinct messages the subscribers received; ratios on delivered msg/s, "
+              "to the same scenario on `hmq` and `mosquitto` in memory.", ""]
+    hmqs = [b for b in ran if (info.get(b) or {}).get("program", b) == "hmq"]
+    lost = dups = 0
+    for b in hmqs:
+        for sc in scens:
+            r = ok_result(data, b, sc["name"])
+            if r and sc["qos"]:
+                lost += r.get("lost") or 0
+                dups += r.get("duplicates") or 0
+    if hmqs:
+        L += [f"Loss and duplicates over the persistent runs of {', '.join(hmqs)}: lost "
+              f"{fmt_num(lost)}, duplicates {fmt_num(dups)}."]
+    sizes = [f"{b} {disk_size(data['brokers'][b]['store_bytes_at_stop'])}"
+             for b in ran if data["brokers"].get(b, {}).get("store_bytes_at_stop") is not None]
+    if sizes:
+        L += ["", "Size of the files in the store directory after the stop (every session "
+              "ended, the final commit or save done): " + ", ".join(sizes) + "."]
+    return L + [""]
+
+
 def write_report(data: dict, out: Path) -> None:
     m = data["machine"]
     L = ["# hmq vs Mosquitto vs rumqttd", "",
@@ -331,7 +471,8 @@ def write_report(data: dict, out: Path) -> None:
          "## Machine", "",
          f"- CPU: {m['cpu_model']}, {m['cores']} cores; memory {fmt_num(m.get('memory_mib'))} MiB",
          f"- Kernel: {m['kernel']} ({m['os']})",
-         "- Brokers: " + ", ".join(data["versions"].get(b, b) for b in data["brokers_run"]),
+         "- Brokers: " + ", ".join(dict.fromkeys(data["versions"].get(b, b)
+                                                 for b in data["brokers_run"])),
          f"- Load generator: hmq-bench, {data['gen_threads']} threads, per-publisher window "
          f"{GEN_INFLIGHT}, keepalive {KEEPALIVE} s; brokers and generator share the same cores "
          f"and run at nice {data.get('nice', 0)}",
@@ -373,17 +514,27 @@ def write_report(data: dict, out: Path) -> None:
             problems.append(f"- {b}: {ev}")
     if problems:
         L += ["## Broker events", ""] + problems + [""]
+    L += persist_section(data)
     L += ["## Scenarios", ""]
     for sc in data["scenarios"]:
         L += scenario_section(data, sc)
-    charts = [c for c in ("throughput.png", "latency.png") if (out / c).exists()]
+    charts = [c for c in CHARTS if (out / c).exists()]
     if charts:
         L += ["## Charts", ""] + [f"![{c}]({c})" for c in charts] + [""]
     L += ["## Files", "",
           "`results.json` (everything here, with each run's full hmq-bench result and command "
           "line), `<broker>/<scenario>.json` and `.log` (hmq-bench output), "
-          "`<broker>/broker.log` and the broker's configuration file in `<broker>/`.", ""]
+          "`<broker>/broker.log` and the broker's configuration file in `<broker>/` (one "
+          "directory per broker variant; a store variant's store in `<broker>/store` or "
+          "`<broker>/persistence`).", ""]
     (out / "report.md").write_text("\n".join(L))
+
+
+CHARTS = ("throughput.png", "latency.png", "persist.png")
+# Bars: each broker's colour; its store variants in lighter or darker shades of it.
+COLORS = {"mosquitto": "#3C5A99", "mosquitto-persist": "#7F96C8", "rumqttd": "#D9822B",
+          "hmq": "#2E8B57", "hmq-none": "#8FD19E", "hmq-interval": "#5DB075",
+          "hmq-always": "#1E5C3A"}
 
 
 def log_floor(ax, items, value) -> None:
@@ -402,13 +553,15 @@ def write_charts(data: dict, out: Path) -> list[str]:
         import matplotlib
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
+        from matplotlib.ticker import FuncFormatter
     except ImportError:
         log("matplotlib missing: no charts")
         return []
-    colors = {"mosquitto": "#3C5A99", "rumqttd": "#D9822B", "hmq": "#2E8B57"}
-    brokers = data["brokers_run"]
+    # The issue 3 list: the three brokers in memory (the store variants: persist.png).
+    brokers = [b for b in data["brokers_run"] if b in ("mosquitto", "rumqttd", "hmq")]
     made = []
-    scen = [s for s in data["scenarios"] if s["kind"] == "throughput" and s["family"] != "threads"
+    scen = [s for s in issue3_scenarios(data)
+            if s["kind"] == "throughput" and s["family"] != "threads"
             and any((ok_result(data, b, s["name"]) or {}).get("received_per_s") for b in brokers)]
     if scen:
         fig, ax = plt.subplots(figsize=(max(8, 1.4 * len(scen) + 2), 5))
@@ -423,8 +576,8 @@ def write_charts(data: dict, out: Path) -> list[str]:
                     ys.append(r["received_per_s"])
                 elif res(data, b, s["name"]):
                     ax.text(x, 1, "failed", rotation=90, ha="center", va="bottom", fontsize=7,
-                            color=colors.get(b))
-            bars = ax.bar(xs, ys, width, label=b, color=colors.get(b))
+                            color=COLORS.get(b))
+            bars = ax.bar(xs, ys, width, label=b, color=COLORS.get(b))
             for bar, y in zip(bars, ys):
                 ax.text(bar.get_x() + bar.get_width() / 2, y, f"{y / 1000:.1f}k", ha="center",
                         va="bottom", fontsize=6, rotation=90)
@@ -450,7 +603,7 @@ def write_charts(data: dict, out: Path) -> list[str]:
         for i, (b, r) in enumerate(have):
             xs = [j + (i - (len(have) - 1) / 2) * width for j in range(len(pcts))]
             ys = [(r["latency_us"].get(k) or 0) / 1000 for _, k in pcts]
-            bars = ax.bar(xs, ys, width, label=b, color=colors.get(b))
+            bars = ax.bar(xs, ys, width, label=b, color=COLORS.get(b))
             for bar, y in zip(bars, ys):
                 ax.text(bar.get_x() + bar.get_width() / 2, y, f"{y:.2f}", ha="center",
                         va="bottom", fontsize=7)
@@ -466,12 +619,40 @@ def write_charts(data: dict, out: Path) -> list[str]:
         fig.savefig(out / "latency.png", dpi=110)
         plt.close(fig)
         made.append("latency.png")
+    persist = [s for s in data["scenarios"] if s["family"] == "persist"]
+    runs = [(s, [(b, delivered_per_s(data, b, s["name"])) for b in variants_for(data, s)])
+            for s in persist]
+    runs = [(s, [(b, v) for b, v in bs if v]) for s, bs in runs]
+    runs = [(s, bs) for s, bs in runs if bs]
+    if runs:
+        fig, ax = plt.subplots(figsize=(max(8, 3 * len(runs) + 2), 5))
+        labelled = set()
+        for j, (s, bs) in enumerate(runs):
+            width = 0.8 / len(bs)
+            for i, (b, v) in enumerate(bs):
+                x = j + (i - (len(bs) - 1) / 2) * width
+                ax.bar([x], [v], width, color=COLORS.get(b, "#888888"),
+                       label=None if b in labelled else b)
+                labelled.add(b)
+                ax.text(x, v, f"{v / 1000:.1f}k", ha="center", va="bottom", fontsize=7)
+        ax.set_xticks(range(len(runs)))
+        ax.set_xticklabels([s["name"] for s, _ in runs], fontsize=8)
+        ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:,.0f}"))
+        ax.set_ylabel("delivered msg/s")
+        ax.set_title("Persistent sessions: in memory and with the durable store "
+                     "(higher is better)")
+        ax.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0), fontsize=8)
+        fig.tight_layout()
+        fig.savefig(out / "persist.png", dpi=110)
+        plt.close(fig)
+        made.append("persist.png")
     return made
 
 
 def finish(data: dict, out: Path) -> None:
     data["targets"] = evaluate_targets(data)
-    for c in ("throughput.png", "latency.png"):
+    data["persist_goals"] = evaluate_persist_goals(data)
+    for c in CHARTS:
         (out / c).unlink(missing_ok=True)
     try:
         write_charts(data, out)

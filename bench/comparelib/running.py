@@ -8,7 +8,17 @@ import subprocess
 import time
 from pathlib import Path
 
-from .common import GEN_INFLIGHT, HOST, KEEPALIVE, child_priority, fmt_num, fmt_us, get, log
+from .common import (
+    GEN_INFLIGHT,
+    HOST,
+    KEEPALIVE,
+    child_priority,
+    clear_sessions,
+    fmt_num,
+    fmt_us,
+    get,
+    log,
+)
 from .scenarios import Scenario
 from .brokers import BrokerProc
 
@@ -28,7 +38,8 @@ def bench_cmd(bench: str, sc: Scenario, port: int, pid: int, out_json: Path, rat
             "--broker-pid", str(pid), "--json", str(out_json), "--threads", str(gen_threads),
             "--keepalive", str(KEEPALIVE),
             # Distinct client ids per scenario: no takeover of a previous run's lingering session.
-            "--client-prefix", sc.name] + list(sc.extra)
+            "--client-prefix", sc.name] + (["--persistent"] if sc.persistent else []) + \
+        list(sc.extra)
 
 
 def run_scenario(bench: str, broker: BrokerProc, sc: Scenario, rate: float,
@@ -86,6 +97,17 @@ def run_scenario(bench: str, broker: BrokerProc, sc: Scenario, rate: float,
     errs = get(rec, "result", "errors", default=[]) or []
     if errs:
         rec["errors"] = errs[:20]
+    if sc.persistent and broker.alive():
+        # The run's sessions stay on the broker, subscribed (to bench/p2p/<i>, which later runs
+        # publish to again) and holding what was still queued: end them, so that no later run
+        # pays for them.
+        ids = sc.client_ids()
+        cleared, problems = clear_sessions(broker.port, ids, 60)
+        rec["sessions_cleared"] = {"sessions": len(ids), "cleared": cleared,
+                                   "problems": problems[:5]}
+        if problems:
+            log(f"WARNING: {broker.name}: {sc.name}: {len(ids) - cleared} of {len(ids)} "
+                f"persistent sessions not cleared: {problems[0]}")
     summary = summarize(sc, rec)
     log(f"{broker.name}: {sc.name}: {rec['status']}; {summary}")
     return rec

@@ -15,7 +15,7 @@ from .common import KEEPALIVE, die, fmt_bytes
 @dataclass
 class Scenario:
     name: str  # file name and --scenarios key
-    family: str  # --scenarios also accepts the family (text before the first '-')
+    family: str  # --scenarios also accepts the family (mostly the text before the first '-')
     title: str
     mode: str  # hmq-bench subcommand
     kind: str  # throughput | latency | conn
@@ -30,6 +30,7 @@ class Scenario:
     clients: int = 0  # conn only
     worker_threads: int | None = None  # threads-N: hmq restarted with workerThreads=N
     full_only: bool = False
+    persistent: bool = False  # clean session 0 for every client (hmq-bench --persistent)
 
     def describe(self, rate: float | None = None) -> str:
         rate = self.rate if rate is None else rate
@@ -41,7 +42,18 @@ class Scenario:
             rate = f"{rate:g} msg/s per publisher"
         if self.kind == "conn":
             return f"{self.clients} idle connections (keepalive {KEEPALIVE} s), held {self.duration} s"
-        return f"QoS {self.qos}, {fmt_bytes(self.size)} payload, {rate}, {self.duration} s measured"
+        sessions = ", persistent sessions (clean session 0)" if self.persistent else ""
+        return (f"QoS {self.qos}, {fmt_bytes(self.size)} payload, {rate}{sessions}, "
+                f"{self.duration} s measured")
+
+    def client_ids(self) -> list[str]:
+        """hmq-bench's client ids for this run (<prefix>-<pub|sub>-<i>, prefix = name): the
+        sessions a persistent run leaves on the broker."""
+        opts = dict(zip(self.extra[::2], self.extra[1::2]))
+        pubs = int(opts.get("--pairs") or opts.get("--publishers") or 0)
+        subs = int(opts.get("--pairs") or opts.get("--subscribers") or 1)
+        return [f"{self.name}-pub-{i}" for i in range(pubs)] + \
+               [f"{self.name}-sub-{i}" for i in range(subs)]
 
 
 def scenario_list(full: bool, ncpu: int) -> list[Scenario]:
@@ -67,6 +79,17 @@ def scenario_list(full: bool, ncpu: int) -> list[Scenario]:
                  extra=["--publishers", "1000", "--shared-group", "bench", "--subscribers", "10"]),
         Scenario("fixed-load", "fixed", "p2p at half of Mosquitto's p2p-q1 maximum: latency",
                  "p2p", "latency", capped=True, extra=["--pairs", "500"]),
+        # Persistent sessions: the in-memory brokers and the variants with a durable store
+        # (the `persist` family; rumqttd has no persistence and runs none of it).
+        Scenario("p2p-q1-persist", "persist",
+                 "p2p: 500 pairs, QoS 1, unlimited rate, persistent sessions", "p2p",
+                 "throughput", persistent=True, extra=["--pairs", "500"]),
+        # One subscriber behind 1000 publishers: its queue is where messages wait, the case
+        # where a durable store has the most to write.
+        Scenario("fanin-q1-persist", "persist",
+                 "fanin: 1000 publishers -> 1 subscriber, QoS 1, unlimited rate, persistent "
+                 "sessions", "fanin", "throughput", persistent=True,
+                 extra=["--publishers", "1000"]),
         # QoS 0 at an unlimited rate floods the broker (nothing slows the publishers but TCP):
         # last, so that the backlog it leaves cannot disturb the other runs.
         Scenario("p2p-q0", "p2p", "p2p: 500 pairs, QoS 0, unlimited rate", "p2p", "throughput",
@@ -93,6 +116,10 @@ def scenario_list(full: bool, ncpu: int) -> list[Scenario]:
                      extra=["--publishers", "5", "--subscribers", "1000"], full_only=True),
             Scenario("fanin-q2", "fanin", "fanin: 1000 publishers -> 1 subscriber, QoS 2", "fanin",
                      "throughput", qos=2, rate=10, capped=True, extra=["--publishers", "1000"],
+                     full_only=True),
+            Scenario("p2p-q2-persist", "persist",
+                     "p2p: 500 pairs, QoS 2, unlimited rate, persistent sessions", "p2p",
+                     "throughput", qos=2, persistent=True, extra=["--pairs", "500"],
                      full_only=True),
             Scenario("conn-50k", "conn", "50,000 idle connections", "conn", "conn", duration=5,
                      drain=1, warmup=0, clients=50_000,
