@@ -267,8 +267,15 @@ done
 "$HMQ_OPERATOR_BIN" rbac >"$rendered/rbac.yaml" || fail "hmq-operator rbac"
 "$HMQ_OPERATOR_BIN" crd | cmp -s - crds/mqttclusters.hmq.io.yaml ||
     fail "crds/mqttclusters.hmq.io.yaml differs from hmq-operator crd"
-kubernetes-validate --strict --quiet "$rendered"/*.yaml crds/mqttclusters.hmq.io.yaml ||
-    fail "kubernetes-validate --strict"
+# At the lowest Kubernetes version the chart claims, and at the newest kubernetes-validate knows.
+lowest_k8s=$(sed -n 's/^kubeVersion: ">=\([0-9.]*\)-0"$/\1/p' charts/hmq-operator/Chart.yaml)
+[[ -n $lowest_k8s ]] || fail "no kubeVersion in charts/hmq-operator/Chart.yaml"
+for k8s in "$lowest_k8s" newest; do
+    version_arg=()
+    [[ $k8s == newest ]] || version_arg=(-k "$k8s")
+    kubernetes-validate --strict --quiet "${version_arg[@]}" "$rendered"/*.yaml \
+        crds/mqttclusters.hmq.io.yaml || fail "kubernetes-validate --strict (Kubernetes $k8s)"
+done
 rm -rf "$rendered"
 done_section "operator manifests (kubernetes-validate --strict)"
 

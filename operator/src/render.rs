@@ -14,7 +14,7 @@ pub enum RenderError {
     /// The input is not YAML, or not an MqttCluster.
     #[error("not an MqttCluster: {0}")]
     Parse(#[from] serde_yaml::Error),
-    /// A document is not `hmq.io/v1alpha1` `MqttCluster`.
+    /// A document of hmq's API group that is not `hmq.io/v1alpha1` `MqttCluster`.
     #[error("document {index}: expected apiVersion hmq.io/v1alpha1 and kind MqttCluster")]
     WrongKind {
         /// 0-based index of the document in the stream.
@@ -39,9 +39,20 @@ pub fn crd_yaml() -> Result<String, serde_yaml::Error> {
     ))
 }
 
-/// Reads the MqttClusters of a YAML stream (other documents are an error).
-pub fn parse_clusters(text: &str) -> Result<Vec<MqttCluster>, RenderError> {
-    let mut clusters = Vec::new();
+/// A document of a YAML stream given to `render`.
+#[derive(Debug)]
+pub enum Document {
+    /// An MqttCluster: rendered into the objects the operator would create.
+    Cluster(Box<MqttCluster>),
+    /// Anything else (a cert-manager Certificate, a Secret, as the examples hold): passed
+    /// through as it is, so that the output applies as a whole.
+    Other(serde_yaml::Value),
+}
+
+/// Reads the documents of a YAML stream. A document of hmq's API group must be an
+/// `hmq.io/v1alpha1` `MqttCluster` (a typo there is an error, not a pass-through).
+pub fn parse_documents(text: &str) -> Result<Vec<Document>, RenderError> {
+    let mut documents = Vec::new();
     for (index, document) in serde_yaml::Deserializer::from_str(text).enumerate() {
         let value = serde_yaml::Value::deserialize(document)?;
         if value.is_null() {
@@ -49,21 +60,45 @@ pub fn parse_clusters(text: &str) -> Result<Vec<MqttCluster>, RenderError> {
         }
         let kind = value.get("kind").and_then(serde_yaml::Value::as_str);
         let api = value.get("apiVersion").and_then(serde_yaml::Value::as_str);
-        if kind != Some("MqttCluster") || api != Some("hmq.io/v1alpha1") {
-            return Err(RenderError::WrongKind { index });
+        let ours = api.is_some_and(|a| a == "hmq.io" || a.starts_with("hmq.io/"));
+        if kind == Some("MqttCluster") || ours {
+            if kind != Some("MqttCluster") || api != Some("hmq.io/v1alpha1") {
+                return Err(RenderError::WrongKind { index });
+            }
+            documents.push(Document::Cluster(Box::new(serde_yaml::from_value(value)?)));
+        } else {
+            documents.push(Document::Other(value));
         }
-        clusters.push(serde_yaml::from_value(value)?);
     }
-    Ok(clusters)
+    Ok(documents)
 }
 
-/// Renders every object for each cluster in `text`. Offline, the referenced Secrets cannot be
-/// read: the pod template has no secrets-hash annotation, and the cluster Secret (created once
-/// with a random value) is not shown. `service_monitor_crd` says whether to assume the
-/// ServiceMonitor CRD is installed.
+/// The MqttClusters of a YAML stream (other documents are skipped).
+pub fn parse_clusters(text: &str) -> Result<Vec<MqttCluster>, RenderError> {
+    Ok(parse_documents(text)?
+        .into_iter()
+        .filter_map(|d| match d {
+            Document::Cluster(c) => Some(*c),
+            Document::Other(_) => None,
+        })
+        .collect())
+}
+
+/// Renders every object for each cluster in `text`, and passes the other documents through,
+/// in their order. Offline, the referenced Secrets cannot be read: the pod template has no
+/// secrets-hash annotation, and the cluster Secret (created once with a random value) is not
+/// shown. `service_monitor_crd` says whether to assume the ServiceMonitor CRD is installed.
 pub fn render(text: &str, service_monitor_crd: bool) -> Result<String, RenderError> {
     let mut out = String::new();
-    for cluster in parse_clusters(text)? {
+    for document in parse_documents(text)? {
+        let cluster = match document {
+            Document::Cluster(c) => *c,
+            Document::Other(value) => {
+                out.push_str("---\n");
+                out.push_str(&serde_yaml::to_string(&value)?);
+                continue;
+            }
+        };
         let name = kube::ResourceExt::name_any(&cluster);
         let rendered = validate::render(&name, &build::namespace(&cluster), &cluster.spec)
             .map_err(|problem| RenderError::Invalid {
@@ -81,4 +116,40 @@ pub fn render(text: &str, service_monitor_crd: bool) -> Result<String, RenderErr
         out.push_str(&desired.to_yaml()?);
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const CLUSTER: &str = "apiVersion: hmq.io/v1alpha1\nkind: MqttCluster\nmetadata: {name: m}\nspec: {replicas: 1}\n";
+
+    #[test]
+    fn other_kinds_pass_through_and_hmq_typos_are_refused() {
+        let text = format!(
+            "apiVersion: cert-manager.io/v1\nkind: Certificate\nmetadata: {{name: c}}\n---\n{CLUSTER}---\napiVersion: v1\nkind: Secret\nmetadata: {{name: s}}\n"
+        );
+        let out = render(&text, false).unwrap();
+        let docs: Vec<serde_yaml::Value> = serde_yaml::Deserializer::from_str(&out)
+            .map(|d| serde_yaml::Value::deserialize(d).unwrap())
+            .collect();
+        let kinds: Vec<&str> = docs
+            .iter()
+            .filter_map(|d| d.get("kind").and_then(serde_yaml::Value::as_str))
+            .collect();
+        assert_eq!(kinds.first(), Some(&"Certificate"));
+        assert_eq!(kinds.last(), Some(&"Secret"));
+        assert!(kinds.contains(&"StatefulSet"), "{kinds:?}");
+        assert_eq!(parse_clusters(&text).unwrap().len(), 1);
+
+        for typo in [
+            CLUSTER.replace("v1alpha1", "v1"),
+            CLUSTER.replace("kind: MqttCluster", "kind: MqttClusters"),
+        ] {
+            assert!(matches!(
+                render(&typo, false),
+                Err(RenderError::WrongKind { index: 0 })
+            ));
+        }
+    }
 }

@@ -67,6 +67,7 @@ pub fn render(
     let text = serde_json::to_string_pretty(&Value::Object(merged))
         .map_err(|err| InvalidSpec::new("spec.config", err.to_string()))?;
     let config = Config::from_json(&text, "hmq.config").map_err(config_error)?;
+    check_reachable(&config)?;
     let hmq_config = config.to_json_pretty() + "\n";
     let config_hash = hash(hmq_config.as_bytes());
     Ok(Rendered {
@@ -75,6 +76,36 @@ pub fn render(
         acl_conf,
         config_hash,
     })
+}
+
+/// Every pod gets the same hmq.config, and is reached through its pod IP (Services, probes,
+/// peers): a listener bound to one address (127.0.0.1, or some pod's IP) would leave every pod
+/// unreachable or unready, crash-looping at best. Only the wildcard addresses are accepted.
+fn check_reachable(config: &Config) -> Result<(), InvalidSpec> {
+    let listeners = [
+        ("host", &config.host, "the MQTT and WebSocket listeners"),
+        ("tlsHost", &config.tls_host, "the MQTT/TLS listener"),
+        (
+            "httpHost",
+            &config.http_host,
+            "the metrics and probe listener",
+        ),
+        ("cluster.host", &config.cluster.host, "the cluster listener"),
+    ];
+    for (key, host, what) in listeners {
+        let wildcard = matches!(host.as_str(), "0.0.0.0" | "::");
+        if !wildcard {
+            return Err(InvalidSpec::new(
+                format!("spec.config.{key}"),
+                format!(
+                    "{host:?} would bind {what} to one address, and every pod gets the same \
+                     configuration: the pods would be unreachable through their IPs (Services, \
+                     probes, peers). Leave it unset (0.0.0.0) or use \"::\""
+                ),
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// The user's keys, checked for keys the operator owns, plus the keys the operator sets.
@@ -497,6 +528,30 @@ mod tests {
     }
 
     const CLUSTER_SECRET: &[(&str, &str)] = &[("secret", "0123456789abcdef")];
+
+    #[test]
+    fn listeners_bound_to_one_address_are_refused() {
+        for (yaml, field) in [
+            ("config: {httpHost: 127.0.0.1}", "spec.config.httpHost"),
+            ("config: {host: 10.1.2.3}", "spec.config.host"),
+            ("config: {tlsHost: localhost}", "spec.config.tlsHost"),
+            (
+                "config: {cluster: {host: 127.0.0.1}}",
+                "spec.config.cluster.host",
+            ),
+        ] {
+            let problem = render("m", "n", &spec(yaml)).unwrap_err();
+            assert_eq!(problem.field, field, "{yaml}");
+            assert!(problem.message.contains("unreachable"), "{problem}");
+        }
+        for yaml in [
+            "config: {}",
+            "config: {host: 0.0.0.0, httpHost: \"::\"}",
+            "config: {cluster: {host: \"::\"}}",
+        ] {
+            render("m", "n", &spec(yaml)).unwrap_or_else(|e| panic!("{yaml}: {e}"));
+        }
+    }
 
     #[test]
     fn secrets_must_exist_and_hold_what_the_broker_reads() {
