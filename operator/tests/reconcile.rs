@@ -248,7 +248,8 @@ fn secret(fake: &Arc<Mutex<Fake>>, name: &str, data: &[(&str, &str)]) {
 const EDGE_STS: &str = "/apis/apps/v1/namespaces/iot/statefulsets/edge";
 
 #[tokio::test]
-async fn rotated_certificate_rolls_the_pods_and_a_missing_secret_waits() {
+async fn rotated_link_certificate_rolls_the_pods_a_new_password_file_does_not_and_a_missing_secret_waits()
+ {
     let (client, fake) = fake_api();
     let ctx = context(client);
     let c = cluster("full.yaml");
@@ -309,6 +310,17 @@ async fn rotated_certificate_rolls_the_pods_and_a_missing_secret_waits() {
             config_hash
         );
     }
+
+    // A new password file: the broker reloads it, nothing rolls.
+    let rolled = sts_annotation(&fake.lock().unwrap(), EDGE_STS, "hmq.io/secrets-hash");
+    let two_users = format!("{ALICE}{}", ALICE.replacen("alice", "bob", 1));
+    secret(&fake, "edge-passwords", &[("passwordFile", &two_users)]);
+    let next = refreshed(&c, &fake.lock().unwrap());
+    reconcile(Arc::new(next), ctx.clone()).await.unwrap();
+    assert_eq!(
+        sts_annotation(&fake.lock().unwrap(), EDGE_STS, "hmq.io/secrets-hash"),
+        rolled
+    );
 
     // A password file the broker cannot read is an invalid spec, reported with its message.
     secret(
