@@ -233,8 +233,8 @@ impl Server {
                 let mut cluster =
                     Cluster::new(name, secret, config, broker.metrics.cluster.clone());
                 if config.cluster.tls {
-                    let tls =
-                        crate::cluster::tls::configs(&config.tls_info).map_err(ServerError::Tls)?;
+                    let tls = crate::cluster::tls::LinkTls::load(&config.tls_info)
+                        .map_err(ServerError::Tls)?;
                     cluster = cluster.with_tls(tls);
                 }
                 let cluster = Arc::new(cluster);
@@ -363,6 +363,9 @@ impl Server {
         // The cluster links stay up through the drain, so the offline notifications of the
         // drained clients reach the other nodes.
         if let Some(setup) = cluster {
+            if let Some(tls) = setup.cluster.link_tls() {
+                tls.spawn_reloader(shutdown.clone());
+            }
             if let Ok(addr) = setup.listener.local_addr() {
                 info!(%addr, node = setup.cluster.name(), "listening for cluster peers");
             }

@@ -645,3 +645,39 @@ async fn mutual_tls_links_admit_only_the_cluster_ca() {
         b.stop().await;
     }
 }
+
+#[tokio::test]
+async fn a_renewed_link_certificate_is_used_without_a_restart() {
+    let pki = tls_support::Pki::new();
+    let port = free_port();
+    let with_cert = |n: u8, foreign: bool| {
+        let (cert, key) = pki.node_files(&format!("node-{n}"), foreign);
+        let ca = pki.ca_file();
+        move |c: &mut hmq::config::Config| {
+            c.cluster.tls = true;
+            c.tls_info.cert_file = Some(cert);
+            c.tls_info.key_file = Some(key);
+            c.tls_info.ca_file = Some(ca);
+        }
+    };
+    let n1 = node_with(1, port, all_peers(port, 2), with_cert(1, false)).await;
+    // n2 starts with a certificate of another CA: n1 refuses it.
+    let n2 = node_with(2, port, all_peers(port, 2), with_cert(2, true)).await;
+    wait_until("n1 refuses n2's certificate", || {
+        metric(&n1, "hmq_cluster_links_refused_total", "reason=\"tls\"") >= 1.0
+    })
+    .await;
+    assert_eq!(metric(&n1, "hmq_cluster_peers", "state=\"linked\""), 0.0);
+    // The certificate is renewed in place (as cert-manager rewrites a mounted Secret): the
+    // running n2 picks it up and links, with no restart.
+    pki.node_files("node-2", false);
+    wait_mesh(&[&n1, &n2]).await;
+    let mut s = Client::new(n2.addr, "s").await;
+    s.subscribe(&[("r/#", 1)]).await;
+    wait_routes(&n1, 1.0).await;
+    let mut p = Client::new(n1.addr, "p").await;
+    p.publish("r/1", b"renewed", 1, false).await;
+    assert_eq!(recv_n(&mut s, 1).await[0].payload, &b"renewed"[..]);
+    n1.stop().await;
+    n2.stop().await;
+}

@@ -410,10 +410,9 @@ fn data(secret: &Secret) -> BTreeMap<String, ByteString> {
 
 /// Checks that the referenced Secrets exist and hold what the broker needs (the password file
 /// parses); returns the hash of what the broker reads only when it starts, which rolls the pods
-/// when it changes: the cluster secret, and the TLS Secret when the cluster links use it (the
-/// links' TLS is set up once). The broker reloads the client listeners' certificate, key and CA
-/// and the password file when their mounted files change, so a cert-manager renewal or a new
-/// password restarts nothing (without `cluster.tls`).
+/// when it changes: the cluster secret. The broker reloads the certificate, key and CA (of the
+/// client listeners and of the cluster links) and the password file when their mounted files
+/// change, so a cert-manager renewal or a new password restarts nothing.
 pub fn check_secrets(
     spec: &MqttClusterSpec,
     cluster_secret: &str,
@@ -446,9 +445,7 @@ pub fn check_secrets(
                 .into());
             }
         }
-        if cluster_tls {
-            hash_data(&mut hasher, "tls", &data);
-        }
+        // Reloaded by the broker when the mounted files change: not hashed.
     }
     if let Some(name) = &spec.auth.password_secret_name {
         let secret = secrets
@@ -587,17 +584,12 @@ mod tests {
             ("tls.key", "k"),
             ("ca.crt", "a"),
         ]));
-        // The cluster links use the certificate and set it up only at start: a renewal rolls.
+        // The broker reloads the certificate, on the cluster links too: a renewal rolls nothing.
+        assert_eq!(check_secrets(&tls, "c", &secrets).unwrap(), first);
+        // The cluster secret is read only at start: a new one rolls the pods.
+        secrets.cluster = Some(secret(&[("secret", "fedcba9876543210")]));
         assert_ne!(check_secrets(&tls, "c", &secrets).unwrap(), first);
-        // Without cluster.tls the broker reloads it: a renewal changes nothing.
-        let client_only = spec("tls: {secretName: t, requireClientCertificate: true}");
-        let renewed = check_secrets(&client_only, "c", &secrets).unwrap();
-        secrets.tls = Some(secret(&[
-            ("tls.crt", "c3"),
-            ("tls.key", "k3"),
-            ("ca.crt", "a"),
-        ]));
-        assert_eq!(check_secrets(&client_only, "c", &secrets).unwrap(), renewed);
+        secrets.cluster = Some(secret(CLUSTER_SECRET));
 
         secrets.cluster = Some(secret(&[("secret", "short")]));
         assert!(matches!(

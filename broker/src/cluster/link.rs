@@ -93,15 +93,18 @@ async fn halves(
         }
         (Some(tls), Some(addr)) => {
             let name = rustls::pki_types::ServerName::IpAddress(addr.ip().into());
-            let s = tokio::time::timeout(HANDSHAKE_TIMEOUT, tls.connector.connect(name, stream))
-                .await
-                .map_err(|_| LinkError::Timeout)?
-                .map_err(LinkError::Tls)?;
+            let s = tokio::time::timeout(
+                HANDSHAKE_TIMEOUT,
+                tls.current().connector.connect(name, stream),
+            )
+            .await
+            .map_err(|_| LinkError::Timeout)?
+            .map_err(LinkError::Tls)?;
             let (r, w) = tokio::io::split(s);
             (Box::new(r), Box::new(w))
         }
         (Some(tls), None) => {
-            let s = tokio::time::timeout(HANDSHAKE_TIMEOUT, tls.acceptor.accept(stream))
+            let s = tokio::time::timeout(HANDSHAKE_TIMEOUT, tls.current().acceptor.accept(stream))
                 .await
                 .map_err(|_| LinkError::Timeout)?
                 .map_err(LinkError::Tls)?;

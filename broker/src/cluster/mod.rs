@@ -273,7 +273,7 @@ pub struct Cluster {
     pending_dials: AtomicUsize,
     metrics: ClusterMetrics,
     queued: AtomicU64,
-    tls: Option<tls::ClusterTls>,
+    tls: Option<Arc<tls::LinkTls>>,
     /// With `persistence.dir`: QoS 1/2 messages in the outboxes are kept there too, until the
     /// peer acknowledges them, so that a node killed with messages it acknowledged to their
     /// publishers but not yet passed on sends them after its restart.
@@ -328,9 +328,14 @@ impl Cluster {
     }
 
     /// Links use mutual TLS with these configurations.
-    pub fn with_tls(mut self, tls: tls::ClusterTls) -> Cluster {
-        self.tls = Some(tls);
+    pub fn with_tls(mut self, tls: tls::LinkTls) -> Cluster {
+        self.tls = Some(Arc::new(tls));
         self
+    }
+
+    /// The links' TLS, when `cluster.tls` is on (its reloader is started with the server).
+    pub fn link_tls(&self) -> Option<&Arc<tls::LinkTls>> {
+        self.tls.as_ref()
     }
 
     /// Keeps the outboxes' QoS 1/2 messages in `durable` as well (see the field).

@@ -7,8 +7,16 @@
 //! cluster CA and its validity, but not that the certificate names the IP: possession of a
 //! certificate from the cluster's own CA is what makes a node a member. rustls has no such
 //! verifier, hence the small wrapper below.
+//!
+//! The files are watched like the client listeners' ([`LinkTls::spawn_reloader`]): a renewed
+//! certificate (cert-manager rewrites the mounted Secret) is used by the next link, without a
+//! restart; links already up keep their session.
 
 use std::sync::Arc;
+
+use parking_lot::RwLock;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
 
 use rustls::client::WebPkiServerVerifier;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
@@ -17,7 +25,8 @@ use rustls::{CertificateError, ClientConfig, DigitallySignedStruct, SignatureSch
 
 use crate::config::TlsInfo;
 use crate::transport::tls::{
-    PROTOCOL_VERSIONS, TlsError, build, cert_and_key, load_certs, load_key, load_roots, provider,
+    PROTOCOL_VERSIONS, RELOAD_INTERVAL, Stamps, TlsError, build, cert_and_key, load_certs,
+    load_key, load_roots, provider, stamp_all, watched_files,
 };
 
 /// The TLS configurations of one node's cluster links.
@@ -33,6 +42,85 @@ impl std::fmt::Debug for ClusterTls {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("ClusterTls(mutual TLS)")
     }
+}
+
+/// The cluster links' TLS, reloaded when its files change.
+#[derive(Debug)]
+pub struct LinkTls {
+    info: TlsInfo,
+    current: RwLock<ClusterTls>,
+    /// The files' metadata just before the current configurations were read.
+    stamps: Stamps,
+}
+
+impl LinkTls {
+    /// Loads certificate, key and CA (`certFile`, `keyFile` and `caFile` are required).
+    pub fn load(info: &TlsInfo) -> Result<LinkTls, TlsError> {
+        let stamps = stamp_all(&watched_files(&linked(info))?);
+        Ok(LinkTls {
+            info: info.clone(),
+            current: RwLock::new(configs(info)?),
+            stamps,
+        })
+    }
+
+    /// The configurations a new link uses.
+    pub fn current(&self) -> ClusterTls {
+        self.current.read().clone()
+    }
+
+    /// Watches the files and swaps in new configurations when they change and load, until
+    /// `shutdown` (a set that does not load is logged, and the previous one stays).
+    pub fn spawn_reloader(self: &Arc<Self>, shutdown: CancellationToken) {
+        let this = self.clone();
+        tokio::spawn(async move {
+            let mut last = this.stamps.clone();
+            let mut tick = tokio::time::interval(RELOAD_INTERVAL);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            tick.tick().await;
+            loop {
+                tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    _ = tick.tick() => {}
+                }
+                let task = this.clone();
+                let previous = last.clone();
+                match tokio::task::spawn_blocking(move || task.poll(&previous)).await {
+                    Ok(stamps) => last = stamps,
+                    Err(e) => warn!(error = %e, "cluster TLS reload check failed"),
+                }
+            }
+        });
+    }
+
+    fn poll(&self, last: &Stamps) -> Stamps {
+        let Ok(files) = watched_files(&linked(&self.info)) else {
+            return last.clone();
+        };
+        // Stamped before reading, so a change that lands during the read is seen next time.
+        let stamps = stamp_all(&files);
+        if stamps == *last {
+            return stamps;
+        }
+        match configs(&self.info) {
+            Ok(tls) => {
+                *self.current.write() = tls;
+                info!("cluster TLS certificate reloaded: new links use it");
+            }
+            Err(e) => warn!(
+                error = %e,
+                "cluster TLS files changed but do not load; new links keep the previous ones"
+            ),
+        }
+        stamps
+    }
+}
+
+/// `info` as the links use it: the CA is always checked.
+fn linked(info: &TlsInfo) -> TlsInfo {
+    let mut info = info.clone();
+    info.verify = true;
+    info
 }
 
 /// Builds both sides from `tlsInfo` (certFile, keyFile and caFile are required).

@@ -238,7 +238,7 @@ impl Inner {
 
 /// What identifies a file's content without reading it.
 #[derive(Debug, Clone, PartialEq, Eq)]
-struct Stamp {
+pub(crate) struct Stamp {
     modified: Option<SystemTime>,
     len: u64,
     dev: u64,
@@ -246,7 +246,7 @@ struct Stamp {
 }
 
 /// One entry per watched file; `None` where the file could not be looked at.
-type Stamps = Vec<Option<Stamp>>;
+pub(crate) type Stamps = Vec<Option<Stamp>>;
 
 fn stamp(path: &Path) -> Option<Stamp> {
     use std::os::unix::fs::MetadataExt;
@@ -260,12 +260,12 @@ fn stamp(path: &Path) -> Option<Stamp> {
     })
 }
 
-fn stamp_all(files: &[PathBuf]) -> Stamps {
+pub(crate) fn stamp_all(files: &[PathBuf]) -> Stamps {
     files.iter().map(|f| stamp(f)).collect()
 }
 
 /// Certificate and key, then the CA with `verify`.
-fn watched_files(info: &TlsInfo) -> Result<Vec<PathBuf>, TlsError> {
+pub(crate) fn watched_files(info: &TlsInfo) -> Result<Vec<PathBuf>, TlsError> {
     let (cert, key) = cert_and_key(info)?;
     let mut files = vec![cert.to_path_buf(), key.to_path_buf()];
     if info.verify {
