@@ -46,6 +46,44 @@ async fn mqtt31_clients_are_served() {
 }
 
 #[tokio::test]
+async fn mqtt31_connack_has_no_session_present_flag() {
+    // In 3.1 the first CONNACK byte is reserved (0); the flag exists from 3.1.1 on. The session
+    // itself is resumed: what was queued arrives.
+    let b = TestBroker::start().await;
+    let opts = Opts {
+        protocol: ("MQIsdp", 3),
+        ..Opts::id("old-persistent").persistent()
+    };
+    let (mut c, _) = Client::connect(b.addr, &opts).await;
+    assert_eq!(c.subscribe(&[("q", 1)]).await, [1]);
+    c.disconnect().await;
+    let mut p = Client::new(b.addr, "old-feeder").await;
+    p.publish("q", b"kept", 1, false).await;
+    let (mut c, ack) = Client::connect_opts(b.addr, &opts).await;
+    assert_eq!(
+        ack,
+        Pkt::ConnAck {
+            session_present: false,
+            code: 0
+        }
+    );
+    assert_eq!(&c.recv_publish().await.payload[..], b"kept");
+    // The same resume at 3.1.1 says so.
+    let v311 = Opts::id("new-persistent").persistent();
+    let (c2, _) = Client::connect(b.addr, &v311).await;
+    c2.disconnect().await;
+    let (_, ack) = Client::connect_opts(b.addr, &v311).await;
+    assert_eq!(
+        ack,
+        Pkt::ConnAck {
+            session_present: true,
+            code: 0
+        }
+    );
+    b.stop().await;
+}
+
+#[tokio::test]
 async fn mqtt31_client_id_rules() {
     let b = TestBroker::start().await;
     let v31 = |id: &str| Opts {

@@ -7,6 +7,8 @@
 #[path = "common/bad_input.rs"]
 mod bad_input;
 mod common;
+#[path = "common/logs.rs"]
+mod logs;
 
 use bad_input::*;
 use common::*;
@@ -324,5 +326,20 @@ async fn pubrel_makes_room_under_max_awaiting_rel() {
         .await;
     assert_eq!(c.recv().await, Pkt::PubRec(3));
     sync(&mut c).await;
+    b.stop().await;
+}
+
+#[tokio::test]
+async fn a_refused_huge_topic_is_logged_as_a_bounded_prefix_and_its_length() {
+    logs::install();
+    let b = TestBroker::start_with(|c| c.max_topic_levels = 3).await;
+    let topic = "a/".repeat(20_000); // 40,000 bytes, 20,001 levels
+    let mut c = Client::new(b.addr, "huge-topic").await;
+    c.send(&publish_bytes(&topic, b"x", 1, false, false, 1)).await;
+    c.expect_closed().await;
+    let line = logs::wait_for(&["huge-topic", "client disconnected"]).await;
+    assert!(line.len() < 1_000, "{} bytes of log: {}", line.len(), &line[..300]);
+    assert!(line.contains("(40000 bytes)"), "{line}");
+    assert!(!line.contains("Shown"), "{line}");
     b.stop().await;
 }

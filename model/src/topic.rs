@@ -152,21 +152,39 @@ pub fn matches(filter: &str, topic: &str) -> bool {
     }
 }
 
-/// A display wrapper that shows at most 128 bytes of a client-supplied topic in logs.
-#[derive(Debug, Clone, Copy)]
+/// A display wrapper that shows at most 128 bytes of a client-supplied topic in logs, and the
+/// length of a longer one. `Debug` is the same, quoted, so that no formatting of it can put a
+/// 64 KiB topic into a log line.
+#[derive(Clone, Copy)]
 pub struct Shown<'a>(pub &'a str);
 
-impl fmt::Display for Shown<'_> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        const MAX: usize = 128;
-        if self.0.len() <= MAX {
-            return f.write_str(self.0);
-        }
-        let mut end = MAX;
+impl Shown<'_> {
+    const MAX: usize = 128;
+
+    fn prefix(&self) -> &str {
+        let mut end = Self::MAX.min(self.0.len());
         while !self.0.is_char_boundary(end) {
             end -= 1;
         }
-        write!(f, "{}…", &self.0[..end])
+        &self.0[..end]
+    }
+}
+
+impl fmt::Display for Shown<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.0.len() <= Self::MAX {
+            return f.write_str(self.0);
+        }
+        write!(f, "{}… ({} bytes)", self.prefix(), self.0.len())
+    }
+}
+
+impl fmt::Debug for Shown<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.0.len() <= Self::MAX {
+            return write!(f, "{:?}", self.0);
+        }
+        write!(f, "{:?}… ({} bytes)", self.prefix(), self.0.len())
     }
 }
 
@@ -179,6 +197,18 @@ mod tests {
         max_length: 65_535,
         max_levels: 128,
     };
+
+    #[test]
+    fn shown_topics_are_bounded_in_display_and_debug() {
+        let long = "é".repeat(40_000);
+        for text in [format!("{}", Shown(&long)), format!("{:?}", Shown(&long))] {
+            assert!(text.len() < 200, "{} bytes", text.len());
+            assert!(text.ends_with("(80000 bytes)"), "{text}");
+            assert!(!text.contains("Shown"), "{text}");
+        }
+        assert_eq!(format!("{}", Shown("a/b")), "a/b");
+        assert_eq!(format!("{:?}", Shown("a/b")), "\"a/b\"");
+    }
 
     #[test]
     fn names() {
@@ -287,8 +317,9 @@ mod tests {
     fn shown_truncates_on_char_boundary() {
         let long = "é".repeat(100);
         let s = Shown(&long).to_string();
-        assert!(s.len() <= 128 + '…'.len_utf8());
-        assert!(s.ends_with('…'));
+        let (prefix, rest) = s.split_once('…').unwrap();
+        assert_eq!(prefix.len(), 128);
+        assert_eq!(rest, " (200 bytes)");
     }
 
     fn level() -> impl Strategy<Value = String> {

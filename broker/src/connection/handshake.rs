@@ -221,9 +221,10 @@ pub async fn accept(
             }
         }
     }
+    // MQTT 3.1 has no session-present flag: that byte of its CONNACK is reserved, 0.
     codec::encode_connack(
         wq.buf(),
-        present && !connect.clean_session,
+        present && !connect.clean_session && connect.protocol != Protocol::V31,
         ConnectCode::Accepted,
     );
     Ok(Accepted {

@@ -80,8 +80,12 @@ impl Connection {
                 );
                 Ok(())
             }
-            Packet::Subscribe { pkid, filters } => self.on_subscribe(pkid, filters),
+            Packet::Subscribe { pkid, filters } => {
+                empty_filter_is_a_violation("SUBSCRIBE", filters.iter().map(|(f, _)| f))?;
+                self.on_subscribe(pkid, filters)
+            }
             Packet::Unsubscribe { pkid, filters } => {
+                empty_filter_is_a_violation("UNSUBSCRIBE", filters.iter())?;
                 let mut changed = false;
                 for raw in filters {
                     if self.core.subscriptions.remove(&raw).is_some() {
@@ -245,6 +249,21 @@ impl Connection {
         }
         Ok(())
     }
+}
+
+/// A zero-length topic filter breaks [MQTT-4.7.3-1] ("all Topic Names and Topic Filters MUST be
+/// at least one character long"): a protocol violation that closes the connection, unlike a
+/// filter that is well formed but refused (SUBACK 0x80).
+fn empty_filter_is_a_violation<'a>(
+    packet: &str,
+    mut filters: impl Iterator<Item = &'a String>,
+) -> Result<(), Close> {
+    if filters.any(String::is_empty) {
+        return Err(Close::Protocol(format!(
+            "{packet} with an empty topic filter [MQTT-4.7.3-1]"
+        )));
+    }
+    Ok(())
 }
 
 /// An acknowledgement that may have to wait for the durable store (`sync: "always"`).
