@@ -71,11 +71,13 @@ fn main() -> ExitCode {
 /// text, or one JSON object per line with `logFormat: "json"` / `--log-format json`. The durable
 /// store's own crates log their internals at info (files recovered, tables flushed): they are
 /// kept at warn unless `RUST_LOG` asks for more; hmq logs what matters to an operator itself.
+/// rustls warns about what clients send (an IP address as SNI, which mosquitto_pub -h 127.0.0.1
+/// does on every connection): at error unless debugging; hmq logs failed handshakes itself.
 fn init_tracing(config: &Config) {
     let default = if config.debug {
         "debug,fjall=info,lsm_tree=info"
     } else {
-        "info,fjall=warn,lsm_tree=warn"
+        "info,fjall=warn,lsm_tree=warn,rustls=error"
     };
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
     let builder = tracing_subscriber::fmt()
