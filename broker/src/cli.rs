@@ -320,7 +320,17 @@ impl Options {
             }
             None => (Config::default(), None),
         };
-        let overrides = self.apply(&mut config);
+        let mut overrides = self.apply(&mut config);
+        // `--host` restricts the HTTP listener (metrics, probes) as well, unless the file says
+        // where it goes: a broker started on loopback must not expose /metrics to the network.
+        let file_sets_http_host = file.as_ref().is_some_and(|(text, _)| {
+            serde_json::from_str::<serde_json::Value>(text)
+                .is_ok_and(|v| v.get("httpHost").is_some())
+        });
+        if self.host.is_some() && !file_sets_http_host {
+            config.http_host.clone_from(&config.host);
+            overrides.push(("httpHost", "--host"));
+        }
         if let Err(err) = config.validate() {
             let by_flag = overrides
                 .iter()
@@ -627,6 +637,7 @@ mod tests {
             worker_num: Some(8),
             port: Port(0),
             host: "127.0.0.1".into(),
+            http_host: "127.0.0.1".into(),
             ws_port: Some(Port(0)),
             ws_path: "/mqtt".into(),
             debug: true,
@@ -669,6 +680,21 @@ mod tests {
         assert_eq!(config.router, None);
         assert_eq!(config.cluster.port, Some(Port(1994)));
         assert_eq!(config.max_inflight, 5, "file values without a flag stay");
+        assert_eq!(
+            config.http_host, "localhost",
+            "--host moves the HTTP listener too"
+        );
+
+        // Unless the file places the HTTP listener itself.
+        let placed = TempFile::new(r#"{"httpHost": "0.0.0.0"}"#);
+        let config = load(&["-c", placed.path(), "--host", "127.0.0.1"]).unwrap();
+        assert_eq!(
+            (config.host.as_str(), config.http_host.as_str()),
+            ("127.0.0.1", "0.0.0.0")
+        );
+        let config = load(&["--host", "127.0.0.1"]).unwrap();
+        assert_eq!(config.http_host, "127.0.0.1");
+        assert_eq!(load(&[]).unwrap().http_host, "0.0.0.0");
 
         // Without the flag, the file's wsPath is reported with file, line and key.
         let err = load(&["-c", file.path(), "-p", "1"]).unwrap_err();

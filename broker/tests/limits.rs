@@ -335,10 +335,16 @@ async fn a_refused_huge_topic_is_logged_as_a_bounded_prefix_and_its_length() {
     let b = TestBroker::start_with(|c| c.max_topic_levels = 3).await;
     let topic = "a/".repeat(20_000); // 40,000 bytes, 20,001 levels
     let mut c = Client::new(b.addr, "huge-topic").await;
-    c.send(&publish_bytes(&topic, b"x", 1, false, false, 1)).await;
+    c.send(&publish_bytes(&topic, b"x", 1, false, false, 1))
+        .await;
     c.expect_closed().await;
     let line = logs::wait_for(&["huge-topic", "client disconnected"]).await;
-    assert!(line.len() < 1_000, "{} bytes of log: {}", line.len(), &line[..300]);
+    assert!(
+        line.len() < 1_000,
+        "{} bytes of log: {}",
+        line.len(),
+        &line[..300]
+    );
     assert!(line.contains("(40000 bytes)"), "{line}");
     assert!(!line.contains("Shown"), "{line}");
     b.stop().await;
