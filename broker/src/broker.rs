@@ -341,10 +341,12 @@ impl Broker {
                 (routed, sent.peers)
             }
         };
-        if routed.delivered == 0 && peers == 0 {
-            self.metrics.dropped.no_subscriber.inc();
-        } else {
+        if routed.delivered > 0 || peers > 0 {
             self.metrics.routed.inc();
+        } else if !msg.retain {
+            // A retained message nobody subscribes to yet was stored (or, empty, deleted one):
+            // not a loss.
+            self.metrics.dropped.no_subscriber.inc();
         }
         Published {
             delivered: routed.delivered,

@@ -675,3 +675,16 @@ async fn invalid_publish_closes_only_that_connection() {
     watcher.expect_silence().await;
     b.stop().await;
 }
+
+#[tokio::test]
+async fn a_retained_message_nobody_subscribes_to_is_not_counted_as_dropped() {
+    let b = TestBroker::start().await;
+    let dropped = || b.metric("hmq_publish_dropped_total", "reason=\"no_subscriber\"");
+    let mut p = Client::new(b.addr, "retainer").await;
+    p.publish("nobody/kept", b"state", 1, true).await;
+    p.publish("nobody/kept", b"", 1, true).await; // deletes it
+    assert_eq!(dropped(), 0.0, "stored and deleted, not lost");
+    p.publish("nobody/live", b"x", 1, false).await;
+    assert_eq!(dropped(), 1.0, "a plain message nobody receives is");
+    b.stop().await;
+}
