@@ -248,8 +248,7 @@ fn secret(fake: &Arc<Mutex<Fake>>, name: &str, data: &[(&str, &str)]) {
 const EDGE_STS: &str = "/apis/apps/v1/namespaces/iot/statefulsets/edge";
 
 #[tokio::test]
-async fn renewed_certificate_and_new_password_file_roll_nothing_and_a_missing_secret_waits()
- {
+async fn renewed_certificate_and_new_password_file_roll_nothing_and_a_missing_secret_waits() {
     let (client, fake) = fake_api();
     let ctx = context(client);
     let c = cluster("full.yaml");
