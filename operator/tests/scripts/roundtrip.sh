@@ -61,12 +61,8 @@ metadata: { name: roundtrip, namespace: default }
 spec:
   replicas: 1
   config:
-    host: 127.0.0.1
-    tlsHost: 127.0.0.1
-    httpHost: 127.0.0.1
     wsPath: /mqtt
     shutdownTimeout: 5
-    cluster: { host: 127.0.0.1 }
   listeners:
     mqtt: { port: $mqtt }
     mqtts: { port: $mqtts }
@@ -84,15 +80,25 @@ EOF
 "$HMQ_OPERATOR_BIN" render -f "$work/cluster.yaml" >"$work/rendered.yaml" || fail "hmq-operator render"
 ok "hmq-operator render"
 
-# 2. The ConfigMap's files, with the pod's paths moved to the work directory.
+# 2. The ConfigMap's files, with the pod's paths moved to the work directory and its wildcard
+# listeners (the operator refuses any other address) moved to 127.0.0.1.
 python3 - "$work" <<'EOF' || fail "extracting the ConfigMap"
-import sys, yaml
+import json, sys, yaml
 work = sys.argv[1]
 for document in yaml.safe_load_all(open(f"{work}/rendered.yaml")):
     if document and document["kind"] == "ConfigMap":
         for name, text in document["data"].items():
+            text = text.replace("/etc/hmq", work).replace("/var/lib/hmq", f"{work}/data")
+            if name == "hmq.config":
+                config = json.loads(text)
+                for section, key in [(config, "host"), (config, "tlsHost"),
+                                     (config, "httpHost"), (config["cluster"], "host")]:
+                    if section.get(key, "0.0.0.0") != "0.0.0.0":
+                        sys.exit(f"the rendered {key} is {section[key]!r}, not the wildcard")
+                    section[key] = "127.0.0.1"
+                text = json.dumps(config, indent=2) + "\n"
             with open(f"{work}/{name}", "w") as f:
-                f.write(text.replace("/etc/hmq", work).replace("/var/lib/hmq", f"{work}/data"))
+                f.write(text)
 EOF
 [[ -s $work/hmq.config && -s $work/acl.conf ]] || fail "the rendered ConfigMap has no hmq.config or acl.conf"
 
