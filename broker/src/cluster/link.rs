@@ -444,6 +444,7 @@ pub(super) async fn dial_loop(
                     peer.wake_waiting();
                     peer.version.store(0, Ordering::Release);
                     peer.linked.store(false, Ordering::Release);
+                    cluster.moves.peer_down(peer.id);
                     *peer.last_seen.lock() = Instant::now();
                     offer = VERSION;
                     match result {

@@ -21,7 +21,7 @@ pub async fn claim(broker: &Broker, cluster: &Arc<Cluster>, client_id: &str, cle
         Pending {
             claim,
             waiting: peers.iter().map(|p| p.id).collect(),
-            extended: false,
+            handing: Vec::new(),
             arrived: Vec::new(),
             ask_again: Vec::new(),
         },
@@ -44,17 +44,19 @@ pub async fn claim(broker: &Broker, cluster: &Arc<Cluster>, client_id: &str, cle
         return claim;
     }
     let start = tokio::time::Instant::now();
-    let mut until = start + CLAIM_WAIT;
+    let mut until = start + HANDOVER_WAIT;
     let mut asked_again = false;
     loop {
-        let mut extended = false;
+        // Every peer answered; or the ones left announced no handover and had `CLAIM_WAIT`.
+        let short = until.min(tokio::time::Instant::now() + CLAIM_WAIT);
         moves
             .wait_changed(until, || {
                 let pending = moves.pending.lock();
                 match pending.get(client_id) {
                     Some(p) if p.claim == claim => {
-                        extended = p.extended;
-                        p.waiting.is_empty() || (p.extended && until < start + HANDOVER_WAIT)
+                        p.waiting.is_empty()
+                            || (!p.waiting.iter().any(|id| p.handing.contains(id))
+                                && tokio::time::Instant::now() >= short)
                     }
                     _ => true, // replaced by a newer connect of the same id here
                 }
@@ -67,10 +69,6 @@ pub async fn claim(broker: &Broker, cluster: &Arc<Cluster>, client_id: &str, cle
                 .filter(|p| p.claim == claim)
                 .map_or(0, |p| p.waiting.len())
         };
-        if waiting > 0 && extended && until < start + HANDOVER_WAIT {
-            until = start + HANDOVER_WAIT;
-            continue;
-        }
         if waiting > 0 {
             warn!(
                 client_id,
@@ -113,7 +111,7 @@ pub async fn claim(broker: &Broker, cluster: &Arc<Cluster>, client_id: &str, cle
                 }],
             );
         }
-        until = tokio::time::Instant::now() + CLAIM_WAIT;
+        until = tokio::time::Instant::now() + HANDOVER_WAIT;
     }
     let arrived = {
         let mut pending = moves.pending.lock();
@@ -144,7 +142,7 @@ pub fn on_claim_reply(
     let mut pending = cluster.moves.pending.lock();
     if let Some(p) = pending.get_mut(client_id).filter(|p| p.claim == claim) {
         if handing_over {
-            p.extended = true;
+            p.handing.push(from.id);
         } else {
             p.waiting.retain(|id| *id != from.id);
             p.ask_again.extend(moved_to);

@@ -7,8 +7,9 @@
 //! leader and no shared store: each session lives on exactly one node, and moves.
 //!
 //! * **Connect.** A client connects to node B with clean session 0. Before opening the session
-//!   B sends `Claim` to every peer linked at version 2 and waits (at most `CLAIM_WAIT`, longer
-//!   while a handover is announced) for each to answer. A peer A that holds the client id with
+//!   B sends `Claim` to every peer linked at version 2 and waits (at most `CLAIM_WAIT`; up to
+//!   `HANDOVER_WAIT` for a peer that announced a handover; not for a peer whose link went
+//!   down) for each to answer. A peer A that holds the client id with
 //!   an older claim takes it from its connection (closed as by a takeover), stops queueing for
 //!   it, and sends `ClaimReply { handing_over }` and the session as `Handover` parts (header with
 //!   subscriptions, the messages in order, in-flight ones first with their packet ids, then the
@@ -83,8 +84,9 @@ struct Pending {
     claim: u64,
     /// Peers that have not answered.
     waiting: Vec<PeerId>,
-    /// A peer announced a handover: wait up to `HANDOVER_WAIT`.
-    extended: bool,
+    /// Peers that announced a handover: waited for up to `HANDOVER_WAIT`, the others for
+    /// `CLAIM_WAIT`.
+    handing: Vec<PeerId>,
     arrived: Vec<Arrived>,
     /// Peers named in a `moved_to`: asked again once the others have answered.
     ask_again: Vec<String>,
@@ -200,6 +202,23 @@ impl Moves {
             return a.seen.contains(&mid);
         }
         !a.seen.insert(mid)
+    }
+
+    /// This node's link to `peer` went down: a claim it had not answered will not be answered
+    /// (the claim may not even have been written: the link's control queue is dropped, and a
+    /// restarted peer knows nothing of it). Waiting for it would hold the connecting client
+    /// for up to `HANDOVER_WAIT`, past its messages and past a drain. (Parts of a session that
+    /// peer still sends on its own link are installed when they end, as for a leaving node.)
+    pub fn peer_down(&self, peer: PeerId) {
+        let mut changed = false;
+        for p in self.pending.lock().values_mut() {
+            let before = p.waiting.len();
+            p.waiting.retain(|id| *id != peer);
+            changed |= p.waiting.len() != before;
+        }
+        if changed {
+            self.changed.notify_waiters();
+        }
     }
 
     /// Sessions handed over and not yet confirmed, to peers whose link is still up (one whose
