@@ -12,8 +12,9 @@
 #      may find its session gone, and every duplicate must be a redelivery with DUP.
 #   2. SIGKILL: one node is killed under the same load and restarted with its disk. Reported
 #      against the stated policy: with "interval", what was acknowledged in the last
-#      syncIntervalMs (10 ms) before the kill may be lost; the check allows at most 1 s of the
-#      publish rate (200 messages) and reports the figure.
+#      syncIntervalMs (10 ms) before the kill may be lost, and what a subscriber acknowledged in
+#      that window may come again without DUP; the check allows at most 1 s of the publish rate
+#      (200 messages) of each and reports the figures.
 #
 # Usage: broker/tests/interop/cluster_rolling.sh   (as root; HMQ_BIN overrides the broker binary)
 set -euo pipefail
@@ -131,9 +132,13 @@ check_sigkill() {
     local lost
     lost=$(field kill lost)
     ((lost <= RATE)) || die "$lost acknowledged messages lost after SIGKILL (allowed: $RATE, 1 s of the rate)"
-    (($(field kill duplicates) == $(field kill duplicates_with_dup))) ||
-        die "duplicates without DUP: $(($(field kill duplicates) - $(field kill duplicates_with_dup)))"
-    echo "    SIGKILL under sync \"interval\": $lost acknowledged messages lost"
+    # The same window cuts the other way: a delivery the subscriber acknowledged in the last
+    # syncIntervalMs may still be queued in the killed node's store, and goes out again (as a
+    # queued message, so without DUP) when the node is back. Bounded like the loss.
+    local plain_dups
+    plain_dups=$(($(field kill duplicates) - $(field kill duplicates_with_dup)))
+    ((plain_dups <= RATE)) || die "$plain_dups duplicates without DUP after SIGKILL (allowed: $RATE, 1 s of the rate)"
+    echo "    SIGKILL under sync \"interval\": $lost acknowledged messages lost, $plain_dups redelivered without DUP"
     # What the brokers saw: connects that found no session (the first one of each client, and
     # those that reached another node while the killed one was down).
     echo "    connects without a session (brokers' logs): $(cat "$WORK"/n*.log | grep 'client connected client_id=kill-sub' | grep -c 'session_present=false')"
